@@ -1,0 +1,150 @@
+"""The inference-engine interface shared by rollout and reward actors, and the adapter-version book.
+
+An engine does four things, all on token ids (token-in/token-out):
+- ``generate``: batched sampling; each prompt names the policy version to sample from; returns the
+  generated ids and the log-prob of each under the sampling distribution (temperature applied).
+- ``score``: teacher-forced log-probs of given continuation ids after given prompts (temperature 1).
+- ``load_adapter`` / ``drop_adapter``: LoRA versions from in-memory tensors. Version 0 is the base
+  model; at most ``max_versions`` adapters are resident and loading one more evicts the oldest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.adapter import AdapterWeights
+
+
+class EngineError(ValueError):
+    """Bad request to an engine (unknown version, bad sampling value)."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise EngineError(f"sampling temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise EngineError(f"sampling top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise EngineError(f"sampling max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+class InferenceEngine(Protocol):
+    def generate(self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling) -> list[Generation]: ...
+
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]) -> list[list[float]]: ...
+
+    def load_adapter(self, adapter: AdapterWeights) -> None: ...
+
+    def drop_adapter(self, version: int) -> None: ...
+
+    def resident_versions(self) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+class AdapterVersions:
+    """Which adapter versions an engine holds: increasing ids, at most ``max_versions`` resident.
+
+    The engine asks ``admit(version)`` before loading (it returns the versions to evict first) and
+    ``check(versions)`` before serving a request.
+    """
+
+    def __init__(self, max_versions: int) -> None:
+        if max_versions < 1:
+            raise EngineError(f"max_versions (staleness + 1) must be >= 1, got {max_versions}")
+        self.max_versions = max_versions
+        self.resident: list[int] = []  # oldest first
+
+    def admit(self, adapter: AdapterWeights, max_rank: int) -> list[int]:
+        if self.resident and adapter.version <= self.resident[-1]:
+            raise EngineError(
+                f"adapter version {adapter.version} is not newer than the latest resident version {self.resident[-1]}"
+            )
+        if adapter.rank > max_rank:
+            raise EngineError(f"adapter version {adapter.version} has LoRA rank {adapter.rank} > engine max_lora_rank {max_rank}")
+        evict = self.resident[: max(0, len(self.resident) + 1 - self.max_versions)]
+        self.resident = self.resident[len(evict) :] + [adapter.version]
+        return evict
+
+    def remove(self, version: int) -> None:
+        if version not in self.resident:
+            raise EngineError(f"adapter version {version} is not resident; resident versions: {self.resident}")
+        self.resident.remove(version)
+
+    def check(self, versions: Sequence[int]) -> None:
+        for version in set(versions):
+            if version != 0 and version not in self.resident:
+                raise EngineError(
+                    f"policy version {version} is not loaded; resident: base (0) and {self.resident}"
+                )
+
+
+def check_batch(prompts: Sequence[Sequence[int]], versions: Sequence[int], *others: Sequence) -> None:
+    if len(versions) != len(prompts) or any(len(o) != len(prompts) for o in others):
+        raise EngineError(
+            f"batch lengths differ: {len(prompts)} prompts, {len(versions)} versions, {[len(o) for o in others]} others"
+        )
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise EngineError(f"prompt {i} of the batch is empty")
+
+
+def make_engine(cfg, model_dir: str, dtype: str, max_versions: int, seed: int, cpu_threads: str | None) -> InferenceEngine:
+    """Build the engine an ``EngineConfig`` names (imports the backend only when it is used)."""
+    if cfg.kind == "vllm":
+        from actors.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            model_dir,
+            max_versions,
+            max_lora_rank=cfg.max_lora_rank,
+            dtype=dtype,
+            max_model_len=cfg.max_model_len,
+            seed=seed,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            kv_cache_gib=cfg.kv_cache_gib,
+            cpu_threads_bind=cpu_threads,
+        )
+    if cfg.kind == "hf":
+        from actors.hf_engine import HFEngine
+
+        num_threads = len(_expand_cores(cpu_threads)) if cpu_threads else None
+        return HFEngine(model_dir, max_versions, max_lora_rank=cfg.max_lora_rank, dtype=dtype, num_threads=num_threads, seed=seed)
+    raise EngineError(f"engine.kind={cfg.kind!r} is not known; valid: vllm, hf")
+
+
+def _expand_cores(cores: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5]"""
+    out: list[int] = []
+    for part in cores.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def split_cores(available: list[int], num_actors: int, index: int) -> str:
+    """The vLLM bind list for actor ``index`` when ``num_actors`` share ``available`` cores evenly
+    (actors share cores round-robin when there are more actors than cores)."""
+    if num_actors >= len(available):
+        return str(available[index % len(available)])
+    per = len(available) // num_actors
+    mine = available[index * per : (index + 1) * per]
+    return ",".join(str(c) for c in mine)

@@ -1,0 +1,239 @@
+"""Rollout: one inference engine, M environment instances, many episodes at once.
+
+Each turn, every env waiting for an action gets its prompt built from the chat template, and one
+batched ``generate`` call serves them all. The exact prompt ids, generated ids and sampling log-probs
+go into the episode record (token-in/token-out). ``RolloutWorker`` is a plain class, testable without
+Ray; ``RolloutActor`` is its Ray shell.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import ray
+
+from actors.engine import InferenceEngine, Sampling
+from actors.prompting import PromptSettings, build_messages, parse_action
+from core.adapter import AdapterWeights
+from core.episode import Episode, Step
+from core.ledger import EpisodeLedger
+from envs.base import EnvError, TextEnv
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What to play: a (task, variation) of a split. G specs with the same key form a GRPO group."""
+
+    task: str
+    variation: int
+    split: str = "train"
+
+
+@dataclass
+class _Slot:
+    """One env instance and the episode it is playing."""
+
+    env: TextEnv
+    episode: Episode | None = None
+    history: list[tuple[str, str]] = field(default_factory=list)
+    observation: str = ""
+    admissible: list[str] | None = None
+    version: int = 0  # the policy version the episode started with and stays on
+
+
+@dataclass
+class ThroughputStats:
+    generate_s: float = 0.0
+    generate_calls: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    env_s: float = 0.0
+    env_steps: int = 0
+
+    def add(self, other: ThroughputStats) -> ThroughputStats:
+        return ThroughputStats(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+
+
+class RolloutWorker:
+    def __init__(
+        self,
+        worker_id: int,
+        engine_factory: Callable[[], InferenceEngine],
+        env_factory: Callable[[], TextEnv],
+        tokenizer_dir: str,
+        num_envs: int,
+        sampling: Sampling,
+        prompt: PromptSettings,
+        max_model_len: int,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.worker_id = worker_id
+        self.engine = engine_factory()
+        self.env_factory = env_factory
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.slots = [_Slot(env_factory()) for _ in range(num_envs)]
+        self.sampling = sampling
+        self.prompt = prompt
+        self.max_model_len = max_model_len
+        self.policy_version = 0
+        self.ledger = EpisodeLedger()
+        self.stats = ThroughputStats()
+
+    # --- adapter versions ----------------------------------------------------------------------
+    def load_adapter(self, adapter: AdapterWeights) -> int:
+        """Load the next policy version; episodes started from now on use it."""
+        self.engine.load_adapter(adapter)
+        self.policy_version = adapter.version
+        return self.policy_version
+
+    def resident_versions(self) -> list[int]:
+        return self.engine.resident_versions()
+
+    # --- playing -------------------------------------------------------------------------------
+    def run(self, specs: list[EpisodeSpec]) -> list[Episode]:
+        """Play every spec to the end (or to failure); return the episodes."""
+        return list(self._play(specs))
+
+    def stream(self, specs: list[EpisodeSpec], queue) -> int:
+        """Play every spec, putting each episode into ``queue`` (a ``ray.util.queue.Queue``) as soon
+        as it ends; a bounded queue makes a slow consumer slow the rollout down. Returns the count."""
+        count = 0
+        for episode in self._play(specs):
+            queue.put(episode)
+            count += 1
+        return count
+
+    def _play(self, specs: list[EpisodeSpec]) -> Iterator[Episode]:
+        """Keep every env slot busy until all specs are played; yield episodes as they end."""
+        pending = deque(specs)
+        while pending or any(s.episode for s in self.slots):
+            for slot in self.slots:
+                if slot.episode is None and pending:
+                    failed = self._start(slot, pending.popleft())
+                    if failed:
+                        yield failed
+            active = [s for s in self.slots if s.episode is not None]
+            if active:
+                yield from self._turn(active)
+
+    def _start(self, slot: _Slot, spec: EpisodeSpec) -> Episode | None:
+        """Reset the slot's env for a new episode; returns the episode only if it failed at once."""
+        self.ledger.started += 1
+        episode = Episode(
+            episode_id=f"w{self.worker_id}-{uuid.uuid4().hex[:12]}",
+            env=slot.env.name, task=spec.task, variation=spec.variation, split=spec.split,
+            goal="", first_observation="",
+        )  # fmt: skip
+        start = time.perf_counter()
+        try:
+            reset = slot.env.reset(spec.task, spec.variation, spec.split)
+        except EnvError:
+            self.ledger.started -= 1  # bad input is the caller's error, not an episode of the run
+            raise
+        except Exception as exc:  # the env itself broke: record, replace the instance, go on
+            return self._fail(slot, episode, "env_reset_error", exc)
+        episode.timings["env_s"] += time.perf_counter() - start
+        episode.goal, episode.first_observation = reset.goal, reset.observation
+        slot.episode, slot.history, slot.version = episode, [], self.policy_version
+        slot.observation, slot.admissible = reset.observation, reset.info.get("admissible_actions")
+        return None
+
+    def _prompt_ids(self, slot: _Slot) -> list[int]:
+        assert slot.episode is not None
+        messages = build_messages(slot.episode.goal, slot.history, slot.observation, slot.admissible, self.prompt)
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def _turn(self, active: list[_Slot]) -> list[Episode]:
+        """One batched generation for every active slot, then one env step each."""
+        finished: list[Episode] = []
+        batch: list[tuple[_Slot, list[int]]] = []
+        for slot in active:
+            ids = self._prompt_ids(slot)
+            if len(ids) + self.sampling.max_tokens > self.max_model_len:
+                reason = f"prompt of {len(ids)} tokens + max_tokens exceeds max_model_len {self.max_model_len}"
+                finished.append(self._fail(slot, slot.episode, "prompt_too_long", RuntimeError(reason)))
+            else:
+                batch.append((slot, ids))
+        if not batch:
+            return finished
+        versions = [slot.version for slot, _ in batch]
+        start = time.perf_counter()
+        generations = self.engine.generate([ids for _, ids in batch], versions, self.sampling)
+        elapsed = time.perf_counter() - start
+        self.stats.generate_s += elapsed
+        self.stats.generate_calls += 1
+        self.stats.generated_tokens += sum(len(g.token_ids) for g in generations)
+        self.stats.prompt_tokens += sum(len(ids) for _, ids in batch)
+
+        for (slot, prompt_ids), generation, version in zip(batch, generations, versions):
+            episode = slot.episode
+            assert episode is not None
+            episode.timings["generate_s"] += elapsed
+            reply = self.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
+            parsed = parse_action(reply, generation.finish_reason == "length", self.prompt)
+            start = time.perf_counter()
+            try:
+                result = slot.env.step(parsed.action) if parsed.invalid_reason is None else slot.env.step_invalid(parsed.invalid_reason)
+            except Exception as exc:  # the env broke mid-episode
+                finished.append(self._fail(slot, episode, "env_step_error", exc))
+                continue
+            env_time = time.perf_counter() - start
+            episode.timings["env_s"] += env_time
+            self.stats.env_s += env_time
+            self.stats.env_steps += 1
+            episode.steps.append(
+                Step(
+                    prompt_ids=prompt_ids,
+                    action_ids=list(generation.token_ids),
+                    action_logprobs=list(generation.logprobs),
+                    reply_text=reply,
+                    action=parsed.action,
+                    invalid_reason=parsed.invalid_reason,
+                    observation=result.observation,
+                    env_reward=result.reward,
+                    policy_version=version,
+                    recognised=bool(result.info.get("recognised", True)),
+                )
+            )
+            slot.history.append((parsed.action or reply.strip()[:40] or "<empty>", result.observation))
+            slot.observation, slot.admissible = result.observation, result.info.get("admissible_actions")
+            if result.done:
+                episode.score = float(result.info["score"])
+                episode.success = bool(result.info["won"])
+                episode.status = "finished"
+                self.ledger.finished += 1
+                slot.episode = None
+                finished.append(episode)
+        return finished
+
+    def _fail(self, slot: _Slot, episode: Episode, kind: str, exc: BaseException) -> Episode:
+        episode.status = "failed"
+        episode.failure_reason = f"{kind}: {type(exc).__name__}: {exc}"[:2000]
+        self.ledger.failed[kind] += 1
+        slot.episode = None
+        if kind.startswith("env_"):
+            try:
+                slot.env.close()
+            except Exception:  # a broken env may fail to close too; its replacement is what matters
+                traceback.print_exc()
+            slot.env = self.env_factory()
+        return episode
+
+    # --- reporting -----------------------------------------------------------------------------
+    def report(self) -> dict:
+        return {"worker_id": self.worker_id, "ledger": self.ledger, "stats": self.stats, "version": self.policy_version}
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.env.close()
+        self.engine.close()
+
+
+RolloutActor = ray.remote(RolloutWorker)

