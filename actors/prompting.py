@@ -17,6 +17,7 @@ SYSTEM_PROMPT = (
 )
 _PREFIX = re.compile(r"^(?:action|command|next action|your next action)\s*:\s*|^>\s*", re.IGNORECASE)
 _QUOTES = "\"'`*"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ def parse_action(reply: str, truncated: bool, settings: PromptSettings) -> Parse
     """One action out of a model reply, or the reason there is none. Never raises."""
     if truncated:
         return ParsedAction("", "reply cut off at max_tokens")
-    # Control and format characters are never part of a game command.
-    cleaned = "".join(" " if unicodedata.category(c)[0] == "C" and c != "\n" else c for c in reply)
+    # Terminal escapes, control and format characters are never part of a game command.
+    cleaned = _ANSI_ESCAPE.sub(" ", reply)
+    cleaned = "".join(" " if unicodedata.category(c)[0] == "C" and c != "\n" else c for c in cleaned)
     lines = [line.strip() for line in cleaned.split("\n") if line.strip()]
     if not lines:
         return ParsedAction("", "empty reply")

@@ -1,0 +1,20 @@
+"""Helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from core.adapter import AdapterWeights
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def random_adapter(model_dir: str, version: int, seed: int, rank: int = 8) -> AdapterWeights:
+    """A LoRA adapter with non-zero random A and B (PEFT's init would leave B at zero)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, init_lora_weights=False)
+    return AdapterWeights.from_peft_model(get_peft_model(base, config), version)

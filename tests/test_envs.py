@@ -1,0 +1,146 @@
+"""Environments: the built-in corridor and TextWorld cooking games (generated for real with tw-make)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from envs.base import EnvError
+from envs.corridor import CorridorEnv
+from envs.textworld_cooking import CookingSettings, TextWorldCookingEnv, ensure_game, game_path
+
+VARIATIONS = {"train": 50, "valid": 5, "test": 5}
+
+
+def play(env, actions):
+    results = [env.step(a) for a in actions]
+    return results
+
+
+def test_corridor_optimal_policy_wins_with_sparse_reward():
+    env = CorridorEnv([4], VARIATIONS)
+    reset = env.reset("corridor-4", 7, "train")
+    assert "corridor" in reset.goal and reset.info["admissible_actions"]
+    rewards = []
+    while not env.done:
+        rewards.append(env.step(env.optimal_action()).reward)
+    assert len(rewards) == 5  # four rooms, then take the treasure
+    assert rewards[:-1] == [0.0] * 4 and rewards[-1] == 1.0
+    assert env.won and env.score == 1.0
+
+
+def test_corridor_wrong_moves_cost_steps_and_hit_the_cap():
+    env = CorridorEnv([3], VARIATIONS, max_steps=4)
+    env.reset("corridor-3", 0)
+    wrong = next(f"go {d}" for d in ("north", "south", "east", "west") if f"go {d}" != env.optimal_action())
+    results = play(env, [wrong, "dance", wrong, wrong])
+    assert "wall" in results[0].observation
+    assert not results[1].info["recognised"] and env.num_unrecognised == 1
+    assert results[-1].done and results[-1].info["truncated"] and not env.won and env.score == 0.0
+
+
+def test_corridor_splits_use_disjoint_seeds():
+    env = CorridorEnv([6], VARIATIONS)
+    layouts = {}
+    for split in ("train", "valid", "test"):
+        env.reset("corridor-6", 0, split)
+        layouts[split] = tuple(env._exits)
+    assert len(set(layouts.values())) == 3
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda e: e.reset("corridor-9", 0), "unknown task 'corridor-9'"),
+        (lambda e: e.reset("corridor-3", 0, "dev"), "unknown split 'dev'"),
+        (lambda e: e.reset("corridor-3", 50), "variation 50 out of range"),
+        (lambda e: e.reset("corridor-3", -1), "variation -1 out of range"),
+        (lambda e: e.step("go north"), "after the episode ended"),
+    ],
+)
+def test_corridor_bad_input_names_the_value(call, message):
+    env = CorridorEnv([3], VARIATIONS)
+    with pytest.raises(EnvError, match=message):
+        call(env)
+
+
+def test_invalid_reply_is_answered_and_counts_as_a_step():
+    env = CorridorEnv([3], VARIATIONS, max_steps=2)
+    env.reset("corridor-3", 1)
+    result = env.step_invalid("empty reply")
+    assert "not a valid action (empty reply)" in result.observation
+    assert env.num_steps == 1 and not result.done and result.reward == 0.0
+    assert env.step_invalid("empty reply").done
+
+
+# --- TextWorld ---------------------------------------------------------------------------------
+
+TASK = "recipe1+take1+go1"
+
+
+@pytest.fixture(scope="module")
+def tw_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tw-cache")
+
+
+def walkthrough(path) -> list[str]:
+    quests = json.loads(path.with_suffix(".json").read_text())["quests"]
+    return max((q["commands"] for q in quests), key=len)
+
+
+def test_textworld_walkthrough_wins_with_full_score(tw_cache):
+    env = TextWorldCookingEnv([TASK], tw_cache, VARIATIONS, max_steps=30)
+    reset = env.reset(TASK, 3, "train")
+    assert "cook" in reset.goal.lower() and reset.info["admissible_actions"]
+    assert "$$" not in reset.observation  # the title art is gone
+    total = 0.0
+    for command in walkthrough(game_path(tw_cache, TASK, "train", 3)):
+        result = env.step(command)
+        assert result.info["recognised"], command
+        total += result.reward
+    assert result.done and result.info["won"] and not result.info["lost"]
+    assert result.info["score"] == pytest.approx(1.0) and total == pytest.approx(1.0)
+    env.close()
+
+
+def test_textworld_unknown_command_is_an_answer_not_an_error(tw_cache):
+    env = TextWorldCookingEnv([TASK], tw_cache, VARIATIONS, max_steps=2)
+    env.reset(TASK, 3)
+    result = env.step("dance wildly")
+    assert "recognise" in result.observation and not result.info["recognised"]
+    assert env.step("look").done  # the step cap ends the episode
+    with pytest.raises(EnvError, match="after the episode ended"):
+        env.step("look")
+
+
+def test_textworld_games_are_cached_and_splits_disjoint(tw_cache):
+    first = ensure_game(tw_cache, TASK, "train", 3)
+    mtime = first.stat().st_mtime_ns
+    assert ensure_game(tw_cache, TASK, "train", 3).stat().st_mtime_ns == mtime  # reused, not regenerated
+    valid = ensure_game(tw_cache, TASK, "valid", 3)
+    assert valid != first and "seed1000003" in valid.name
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ("recipe1+take2+go1", "take must be 0..recipe"),
+        ("recipe1+take1+go5", "go must be one of"),
+        ("recipe1+take1", "missing"),
+        ("recipe1+take1+go1+fly", "part 'fly'"),
+    ],
+)
+def test_textworld_bad_task_names_are_explained(task, message):
+    with pytest.raises(EnvError, match=message):
+        CookingSettings.parse(task)
+
+
+def test_textworld_bad_variation_and_split(tw_cache):
+    env = TextWorldCookingEnv([TASK], tw_cache, VARIATIONS)
+    with pytest.raises(EnvError, match="variation 5 out of range .* valid 0..4"):
+        env.reset(TASK, 5, "valid")
+    with pytest.raises(EnvError, match="unknown task"):
+        env.reset("recipe2+take1+go1", 0)
+    with pytest.raises(EnvError, match="seed ranges must not overlap"):
+        TextWorldCookingEnv([TASK], tw_cache, {"train": 2_000_000})
