@@ -84,6 +84,7 @@ class RolloutWorker:
         self.policy_version = 0
         self.ledger = EpisodeLedger()
         self.stats = ThroughputStats()
+        self.first_use: dict[int, float] = {}  # policy version -> wall time its first tokens were generated
 
     # --- adapter versions ----------------------------------------------------------------------
     def load_adapter(self, adapter: AdapterWeights) -> int:
@@ -167,6 +168,8 @@ class RolloutWorker:
         start = time.perf_counter()
         generations = self.engine.generate([ids for _, ids in batch], versions, self.sampling)
         elapsed = time.perf_counter() - start
+        for version in set(versions) - self.first_use.keys():
+            self.first_use[version] = time.time()
         self.stats.generate_s += elapsed
         self.stats.generate_calls += 1
         self.stats.generated_tokens += sum(len(g.token_ids) for g in generations)
@@ -228,7 +231,13 @@ class RolloutWorker:
 
     # --- reporting -----------------------------------------------------------------------------
     def report(self) -> dict:
-        return {"worker_id": self.worker_id, "ledger": self.ledger, "stats": self.stats, "version": self.policy_version}
+        return {
+            "worker_id": self.worker_id,
+            "ledger": self.ledger,
+            "stats": self.stats,
+            "version": self.policy_version,
+            "first_use": dict(self.first_use),
+        }
 
     def close(self) -> None:
         for slot in self.slots:

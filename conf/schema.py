@@ -52,7 +52,7 @@ class EngineConfig:
 class RolloutConfig:
     num_actors: int = 2
     envs_per_actor: int = 4
-    num_cpus_per_actor: float = 1.0  # Ray scheduling; engines bind threads themselves (engine.cpu_threads)
+    num_cpus_per_actor: float = 0.5  # Ray scheduling; engines bind threads themselves (engine.cpu_threads)
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 24
@@ -64,7 +64,29 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
+    steps: int = 10  # optimizer steps of the run
+    episodes_per_step: int = 8  # over all ranks; a multiple of group_size
     staleness: int = 1  # S: actors keep S + 1 adapter versions; older episodes are dropped
+    publish_every: int = 1  # K: optimizer steps between adapter versions
+    checkpoint_every: int = 0  # N: steps between checkpoints (0: only at the end)
+    num_ranks: int = 1
+    num_cpus_per_rank: float = 1.0
+    num_threads: int = 0  # CPU only: torch threads per rank (0: all cores of the machine)
+    zero_stage: int = 0
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batches: int = 2  # per rank and optimizer step; samples are packed into this many
+    clip_eps: float = 0.2
+    dual_clip: float = 3.0
+    kl_coef: float = 0.0  # beta
+    omega: float = 0.0  # weight of the step-level advantage
+    gamma: float = 1.0
+    bf16_autocast: bool = True
 
 
 @dataclass
@@ -88,6 +110,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
+    mode: str = "sync"  # sync: generate, then train; async: the next batch is generated while the learner trains
     episodes: int = 16  # launch.rollout: how many episodes to play
     group_size: int = 4  # rollouts per (task, variation)
     run_dir: str | None = None  # None: Hydra's output dir
@@ -96,6 +119,7 @@ class Config:
 ENV_NAMES = ("textworld", "corridor")
 ENGINE_KINDS = ("vllm", "hf")
 REWARD_MODES = ("env",)
+MODES = ("sync", "async")
 DTYPES = ("bfloat16", "float16", "float32")
 SPLITS = ("train", "valid", "test")
 
@@ -145,7 +169,33 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(r.history_window >= 0, "rollout.history_window", r.history_window, "an integer >= 0")
     _check(r.max_observation_chars >= 16, "rollout.max_observation_chars", r.max_observation_chars, "an integer >= 16")
     _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
-    _check(cfg.learner.staleness >= 0, "learner.staleness", cfg.learner.staleness, "an integer >= 0")
+    l = cfg.learner
+    _check(l.steps >= 1, "learner.steps", l.steps, "an integer >= 1")
+    _check(l.episodes_per_step >= 1, "learner.episodes_per_step", l.episodes_per_step, "an integer >= 1")
+    _check(l.episodes_per_step % cfg.group_size == 0, "learner.episodes_per_step", l.episodes_per_step, f"a multiple of group_size={cfg.group_size}")
+    _check(l.staleness >= 0, "learner.staleness", l.staleness, "an integer >= 0")
+    _check(l.publish_every >= 1, "learner.publish_every", l.publish_every, "an integer >= 1")
+    _check(l.checkpoint_every >= 0, "learner.checkpoint_every", l.checkpoint_every, "an integer >= 0 (0: only at the end)")
+    _check(l.num_ranks >= 1, "learner.num_ranks", l.num_ranks, "an integer >= 1")
+    _check(l.num_cpus_per_rank >= 0, "learner.num_cpus_per_rank", l.num_cpus_per_rank, "a number >= 0")
+    _check(l.num_threads >= 0, "learner.num_threads", l.num_threads, "an integer >= 0 (0: all cores)")
+    _check(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", l.zero_stage, "one of 0, 1, 2, 3")
+    _check(l.lora_rank >= 1, "learner.lora_rank", l.lora_rank, "an integer >= 1")
+    _check(l.lora_rank <= g.max_lora_rank, "learner.lora_rank", l.lora_rank, f"at most engine.max_lora_rank={g.max_lora_rank}")
+    _check(l.lora_alpha > 0, "learner.lora_alpha", l.lora_alpha, "a number > 0")
+    _check(0 <= l.lora_dropout < 1, "learner.lora_dropout", l.lora_dropout, "in [0, 1)")
+    _check(len(l.target_modules) > 0 and "lm_head" not in l.target_modules, "learner.target_modules", l.target_modules,
+           "a non-empty list of linear layers; lm_head is not supported (vLLM drops its delta from prompt log-probs)")
+    _check(l.lr > 0, "learner.lr", l.lr, "a number > 0")
+    _check(l.weight_decay >= 0, "learner.weight_decay", l.weight_decay, "a number >= 0")
+    _check(l.grad_clip > 0, "learner.grad_clip", l.grad_clip, "a number > 0")
+    _check(l.micro_batches >= 1, "learner.micro_batches", l.micro_batches, "an integer >= 1")
+    _check(0 < l.clip_eps < 1, "learner.clip_eps", l.clip_eps, "in (0, 1)")
+    _check(l.dual_clip > 1, "learner.dual_clip", l.dual_clip, "a number > 1")
+    _check(l.kl_coef >= 0, "learner.kl_coef", l.kl_coef, "a number >= 0")
+    _check(l.omega >= 0, "learner.omega", l.omega, "a number >= 0")
+    _check(0 < l.gamma <= 1, "learner.gamma", l.gamma, "in (0, 1]")
+    _check(cfg.mode in MODES, "mode", cfg.mode, f"one of {MODES}")
     _check(cfg.reward.mode in REWARD_MODES, "reward.mode", cfg.reward.mode, f"one of {REWARD_MODES}")
     _check(cfg.episodes >= 1, "episodes", cfg.episodes, "an integer >= 1")
     _check(cfg.group_size >= 1, "group_size", cfg.group_size, "an integer >= 1")

@@ -1,0 +1,229 @@
+"""The main job: RL training of a LoRA policy with rollout actors, the reward stage and a DeepSpeed learner.
+
+    python -m launch.train                                     # local debug run: SmolLM2 on TextWorld cooking
+    python -m launch.train mode=async learner.steps=20
+    python -m launch.train env=corridor learner.num_ranks=2 learner.zero_stage=2
+
+Data flow per learner step: rollout actors stream episodes into a queue; the reward stage scores them
+into the (bounded) learner queue; each learner rank pulls its share and takes one optimizer step; every
+``learner.publish_every`` steps the adapter goes once into the object store and every actor loads it as
+the next policy version. ``mode=async`` generates the next batch while the learner trains (episodes are
+then at most ``learner.staleness`` versions old; older ones are dropped and counted).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import hydra
+import ray
+from omegaconf import DictConfig, OmegaConf
+from ray.util.queue import Queue
+from tqdm import tqdm
+
+from conf.schema import Config, ConfigError, register, validate
+from core.ledger import EpisodeLedger
+from launch.build import episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, run_dir_for, start_ray
+from learner.learner import Learner, LearnerSettings
+from learner.losses import LossConfig
+from reward.stage import RewardActor
+
+register()
+LearnerActor = ray.remote(Learner)
+
+
+def learner_settings(cfg: Config) -> LearnerSettings:
+    l = cfg.learner
+    return LearnerSettings(
+        staleness=l.staleness, zero_stage=l.zero_stage, lora_rank=l.lora_rank, lora_alpha=l.lora_alpha,
+        lora_dropout=l.lora_dropout, target_modules=list(l.target_modules), lr=l.lr, weight_decay=l.weight_decay,
+        grad_clip=l.grad_clip, micro_batches=l.micro_batches,
+        loss=LossConfig(clip_eps=l.clip_eps, dual_clip=l.dual_clip, kl_coef=l.kl_coef),
+        omega=l.omega, gamma=l.gamma, bf16_autocast=l.bf16_autocast, temperature=cfg.rollout.temperature,
+        num_threads=l.num_threads,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_learners(cfg: Config, model_dir: str) -> list:
+    """One Ray actor per rank; the driver sets the rank variables torch.distributed reads."""
+    world, port = cfg.learner.num_ranks, free_port()
+    ranks = []
+    for rank in range(world):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+        ranks.append(
+            LearnerActor.options(num_cpus=cfg.learner.num_cpus_per_rank, runtime_env={"env_vars": env}).remote(
+                learner_settings(cfg), model_dir, cfg.seed
+            )
+        )
+    return ranks
+
+
+class Pipeline:
+    """The actors of one run and the two queues between them, driven one learner step at a time."""
+
+    def __init__(self, cfg: Config, model_dir: str) -> None:
+        self.cfg = cfg
+        self.actors = make_rollout_actors(cfg, model_dir)
+        self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward.mode)
+        self.learners = make_learners(cfg, model_dir)
+        size = cfg.learner.episodes_per_step
+        self.rollout_queue = Queue(maxsize=2 * size)
+        self.learner_queue = Queue(maxsize=2 * size)  # bounded: a slow learner slows the rollouts down
+        self.publish_times: dict[int, float] = {}
+
+    def generate(self, step: int) -> ray.ObjectRef:
+        """Start one batch: the actors stream into the rollout queue, the reward stage pumps it on.
+        Returns the reward stage's count of episodes it queued for the learner."""
+        groups = self.cfg.learner.episodes_per_step // self.cfg.group_size
+        specs = episode_specs(self.cfg, groups, self.cfg.env.split, seed=self.cfg.seed * 100_003 + step)
+        for actor, chunk in zip(self.actors, [specs[i :: len(self.actors)] for i in range(len(self.actors))]):
+            if chunk:
+                actor.stream.remote(chunk, self.rollout_queue)
+        return self.reward.pump.remote(self.rollout_queue, self.learner_queue, len(specs))
+
+    def train(self, num_episodes: int) -> dict:
+        world = len(self.learners)
+        shares = [num_episodes // world + (r < num_episodes % world) for r in range(world)]
+        results = ray.get([l.train_from_queue.remote(self.learner_queue, n) for l, n in zip(self.learners, shares)])
+        merged = dict(results[0])
+        for key in ("episodes", "successes", "trained_episodes", "dropped_stale", "samples", "action_tokens", "train_tokens"):
+            merged[key] = sum(r[key] for r in results)
+        merged["train_s"] = max(r["train_s"] for r in results)
+        merged["success_rate"] = merged["successes"] / max(merged["episodes"], 1)
+        return merged
+
+    def publish(self) -> tuple[int, list[ray.ObjectRef]]:
+        """Gather the adapter (every rank takes part under ZeRO-3), put it once into the object store,
+        and queue a load on every actor. Returns the version and the actors' pending loads."""
+        start = time.time()
+        adapters = ray.get([l.publish.remote() for l in self.learners])
+        ref = ray.put(adapters[0])
+        loads = [a.load_adapter.remote(ref) for a in self.actors]
+        self.publish_times[adapters[0].version] = start
+        return adapters[0].version, loads
+
+    def checkpoint(self, directory: Path) -> None:
+        ray.get([l.save_checkpoint.remote(str(directory)) for l in self.learners])
+
+
+def first_token_latencies(pipeline: Pipeline) -> dict[int, float]:
+    """publish -> first token generated on that version, over all actors (seconds)."""
+    firsts: dict[int, float] = {}
+    for report in ray.get([a.report.remote() for a in pipeline.actors]):
+        for version, t in report["first_use"].items():
+            firsts[version] = min(firsts.get(version, t), t)
+    return {v: firsts[v] - t0 for v, t0 in pipeline.publish_times.items() if v in firsts}
+
+
+def run(cfg: Config, run_dir: Path) -> dict:
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError(f"config rollout.temperature={cfg.rollout.temperature!r} is invalid: training samples, so it must be > 0")
+    model_dir = resolve_model_dir(cfg)
+    groups = cfg.learner.episodes_per_step // cfg.group_size
+    prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in episode_specs(cfg, groups, cfg.env.split, cfg.seed * 100_003 + step)])
+    start_ray(cfg)
+    wall_start = time.perf_counter()
+    pipeline = Pipeline(cfg, model_dir)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    metrics_file = open(run_dir / "metrics.jsonl", "w")
+    history: list[dict] = []
+    time_split = {"wait_for_episodes": 0.0, "train": 0.0, "publish": 0.0}
+    pending = pipeline.generate(0)
+    bar = tqdm(range(cfg.learner.steps), desc="learner steps", unit="step")
+    for step in bar:
+        t0 = time.perf_counter()
+        queued = ray.get(pending)
+        time_split["wait_for_episodes"] += time.perf_counter() - t0
+        if cfg.mode == "async" and step + 1 < cfg.learner.steps:
+            pending = pipeline.generate(step + 1)  # generated while the learner trains
+        t0 = time.perf_counter()
+        metrics = pipeline.train(queued)
+        time_split["train"] += time.perf_counter() - t0
+        if (step + 1) % cfg.learner.publish_every == 0:
+            t0 = time.perf_counter()
+            version, loads = pipeline.publish()
+            if cfg.mode == "sync":
+                ray.get(loads)  # in async mode the loads wait behind the actors' current batch
+            time_split["publish"] += time.perf_counter() - t0
+            metrics["published_version"] = version
+        if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0:
+            pipeline.checkpoint(run_dir / "checkpoints" / f"step{step + 1}")
+        if cfg.mode == "sync" and step + 1 < cfg.learner.steps:
+            pending = pipeline.generate(step + 1)
+        metrics.update(step=step + 1, wall_s=time.perf_counter() - wall_start)
+        history.append(metrics)
+        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                writer.add_scalar(key, value, step + 1)
+        bar.set_postfix(success=f"{metrics['success_rate']:.2f}", v=metrics["policy_version"], stale=metrics["dropped_stale"], tok=metrics["train_tokens"])
+    bar.close()
+    pipeline.checkpoint(run_dir / "checkpoints" / "final")
+    summary = summarize(cfg, pipeline, history, time_split, time.perf_counter() - wall_start)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    metrics_file.close()
+    writer.close()
+    return summary
+
+
+def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: dict, wall_s: float) -> dict:
+    reports = ray.get([a.report.remote() for a in pipeline.actors])
+    ledger = EpisodeLedger()
+    for report in reports:
+        ledger = ledger.merge(report["ledger"])
+    ledger = ledger.merge(ray.get(pipeline.reward.report.remote()))
+    ledger.trained = sum(h["trained_episodes"] for h in history)
+    ledger.dropped["stale"] = sum(h["dropped_stale"] for h in history)
+    ledger.check(expect_idle=True)
+    if ledger.trained + ledger.dropped["stale"] != ledger.finished:
+        raise RuntimeError(f"finished episodes are not all trained or dropped: {ledger.as_dict()}")
+    generate_s = sum(r["stats"].generate_s for r in reports)
+    env_s = sum(r["stats"].env_s for r in reports)
+    return {
+        "steps": len(history),
+        "mode": cfg.mode,
+        "episodes_trained": ledger.trained,
+        "episodes_dropped": dict(ledger.dropped),
+        "success_rate_by_step": [h["success_rate"] for h in history],
+        "mean_score_by_step": [h["return_mean"] for h in history],
+        "wall_s": wall_s,
+        "time_split_s": {"generate (actor sum)": generate_s, "env (actor sum)": env_s, **time_split},
+        "publish_to_first_token_s": first_token_latencies(pipeline),
+        "ledger": ledger.as_dict(),
+    }
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(dict_cfg: DictConfig) -> dict:
+    cfg = validate(dict_cfg)
+    run_dir = run_dir_for(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
+    summary = run(cfg, run_dir)
+    latencies = summary["publish_to_first_token_s"]
+    print(
+        f"\n{summary['steps']} learner steps ({cfg.mode}) in {summary['wall_s']:.0f} s; "
+        f"episodes trained {summary['episodes_trained']}, dropped {summary['episodes_dropped']}\n"
+        f"success by step: {' '.join(f'{s:.2f}' for s in summary['success_rate_by_step'])}\n"
+        f"time split (s): {', '.join(f'{k} {v:.1f}' for k, v in summary['time_split_s'].items())}\n"
+        f"publish -> first token on the new version (s): "
+        f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
+        f"ledger {summary['ledger']}\nrun dir {run_dir}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The learner: DeepSpeed (ZeRO 0-3) around the base model + PEFT LoRA; one rank per Ray actor.
+
+A learner step pulls its share of scored episodes from the Ray queue, drops the stale ones (older than
+S versions, counted), computes advantages over every rank's episodes, and takes one optimizer step on
+the action tokens. ``publish`` gathers the adapter (ZeRO-3 included) as the next policy version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.adapter import AdapterWeights
+from core.episode import Episode
+from learner.losses import LossConfig, policy_loss, token_logprobs
+from learner.samples import Sample, collate, pack, return_rows, samples_for, step_advantages_for
+
+
+@dataclass
+class LearnerSettings:
+    staleness: int = 1
+    zero_stage: int = 0
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batches: int = 2
+    loss: LossConfig = field(default_factory=LossConfig)
+    omega: float = 0.0
+    gamma: float = 1.0
+    bf16_autocast: bool = True
+    temperature: float = 1.0  # the rollout's sampling temperature
+    num_threads: int = 0  # CPU: torch threads (0: every core of the machine)
+
+
+def episode_version(episode: Episode) -> int:
+    return min((s.policy_version for s in episode.steps), default=0)
+
+
+class Learner:
+    def __init__(self, settings: LearnerSettings, model_dir: str, seed: int = 0) -> None:
+        import deepspeed
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        self.settings = settings
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cpu":
+            # The shared-memory all-reduce op is a 25-45 s JIT build; gloo alone is enough here.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if self.device.type == "cpu":
+            torch.set_num_threads(settings.num_threads or os.cpu_count() or 1)
+        seed_everything(seed)
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        eos = GenerationConfig.from_model_config(model.config).eos_token_id
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+        lora = LoraConfig(
+            r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+            target_modules=list(settings.target_modules), task_type="CAUSAL_LM",
+        )  # fmt: skip
+        model = get_peft_model(model, lora)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": settings.micro_batches,
+            "train_batch_size": settings.micro_batches * self.world_size,
+            "gradient_clipping": settings.grad_clip,
+            "zero_optimization": {"stage": settings.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.version = 0
+        self.step = 0
+        self.dropped_stale = 0
+        self.trained_episodes = 0
+
+    # --- one learner step ----------------------------------------------------------------------
+    def train_from_queue(self, queue, num_episodes: int) -> dict:
+        """Pull this rank's ``num_episodes`` from the queue (blocking) and train one step on them."""
+        start = time.perf_counter()
+        episodes = [queue.get() for _ in range(num_episodes)]
+        wait_s = time.perf_counter() - start
+        metrics = self.train_step(episodes)
+        metrics["queue_wait_s"] = wait_s
+        return metrics
+
+    def train_step(self, episodes: list[Episode]) -> dict:
+        start = time.perf_counter()
+        fresh = [e for e in episodes if self.version - episode_version(e) <= self.settings.staleness]
+        stale = len(episodes) - len(fresh)
+        self.dropped_stale += stale
+        samples, advantage_stats = self._samples(fresh)
+        bins = pack(samples, self.settings.micro_batches)
+        action_tokens = sum(len(s.old_logprobs) for s in samples)
+        # engine.backward divides by the accumulation count; this makes the sum over micro-batches
+        # the mean over every action token of the step.
+        normaliser = max(action_tokens, 1) / self.settings.micro_batches
+        self.engine.train()
+        totals: dict[str, float] = {}
+        for micro in bins:
+            stats = self._micro_step(micro, normaliser)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v * max(sum(len(s.old_logprobs) for s in micro), 0) / max(action_tokens, 1)
+        self.step += 1
+        self.trained_episodes += len(fresh)
+        return {
+            "learner_step": self.step,
+            "policy_version": self.version,
+            "episodes": len(episodes),
+            "successes": sum(e.success for e in episodes),
+            "trained_episodes": len(fresh),
+            "dropped_stale": stale,
+            "samples": len(samples),
+            "action_tokens": action_tokens,
+            "train_tokens": sum(s.num_tokens for s in samples),
+            "train_s": time.perf_counter() - start,
+            **advantage_stats,
+            **totals,
+        }
+
+    def _samples(self, episodes: list[Episode]) -> tuple[list[Sample], dict[str, float]]:
+        """Advantages over every rank's episodes (only returns travel), samples for this rank's."""
+        everyone: list = [None] * self.world_size
+        torch.distributed.all_gather_object(everyone, return_rows(episodes))
+        offset = sum(len(rows) for rows in everyone[: self.rank])
+        flat = [row for rows in everyone for row in rows]
+        advantages, episode_adv = step_advantages_for(flat, self.settings.omega, self.settings.gamma)
+        samples = samples_for(episodes, advantages[offset : offset + len(episodes)])
+        stats = {
+            "return_mean": float(np.mean([row[1] for row in flat])) if flat else 0.0,
+            "advantage_abs_mean": float(episode_adv.abs().mean()) if flat else 0.0,
+        }
+        return samples, stats
+
+    def _micro_step(self, micro: list[Sample], normaliser: float) -> dict[str, float]:
+        # An empty micro-batch still runs (with zero loss): every rank must take part in each backward.
+        batch = collate(micro or [Sample([self.pad_id, self.pad_id], 1, [0.0], 0.0, 0)], self.pad_id)
+        if not micro:
+            batch["loss_mask"].zero_()
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.settings.bf16_autocast else nullcontext()
+        ref = None
+        if self.settings.loss.kl_coef > 0:
+            with torch.no_grad(), autocast, self.engine.module.disable_adapter():
+                ref_logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                ref = token_logprobs(ref_logits, batch["input_ids"], self.settings.temperature)
+        with autocast:
+            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logprobs = token_logprobs(logits, batch["input_ids"], self.settings.temperature)
+        loss, stats = policy_loss(
+            logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.settings.loss, ref, normaliser
+        )
+        self.engine.backward(loss)
+        self.engine.step()
+        stats["loss"] = loss.item() * normaliser / max(float(batch["loss_mask"].sum()), 1.0)
+        return stats
+
+    # --- adapters and checkpoints --------------------------------------------------------------
+    def _gathered(self):
+        """Full LoRA parameters for the duration of the block (a no-op below ZeRO-3)."""
+        if self.settings.zero_stage == 3:
+            import deepspeed
+
+            params = [p for p in self.engine.module.parameters() if p.requires_grad]
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return nullcontext()
+
+    def publish(self) -> AdapterWeights:
+        """The current adapter as the next policy version (every rank must call it under ZeRO-3)."""
+        self.version += 1
+        with self._gathered():
+            return AdapterWeights.from_peft_model(self.engine.module, self.version)
+
+    def adapter_logprobs(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced log-probs under the current adapter (for checks against the actors)."""
+        self.engine.eval()
+        out = []
+        with torch.no_grad():
+            for prompt, cont in zip(prompts, continuations):
+                ids = torch.tensor([prompt + cont], device=self.device)
+                logits = self.engine(input_ids=ids).logits
+                out.append(token_logprobs(logits, ids, self.settings.temperature)[0, len(prompt) - 1 :].tolist())
+        return out
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """PEFT adapter (loadable by PeftModel.from_pretrained and vLLM) + DeepSpeed state for resume."""
+        directory = Path(directory)
+        with self._gathered():
+            if self.rank == 0:
+                self.engine.module.save_pretrained(directory / "adapter")
+        self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state")
+        if self.rank == 0:
+            state = {"step": self.step, "version": self.version, "dropped_stale": self.dropped_stale, "trained_episodes": self.trained_episodes}
+            (directory / "learner_state.json").write_text(json.dumps(state))
+        torch.save(rng_state(), directory / f"rng_rank{self.rank}.pt")
+        return directory
+
+    def state(self) -> dict:
+        return {"step": self.step, "version": self.version, "dropped_stale": self.dropped_stale, "trained_episodes": self.trained_episodes, "settings": asdict(self.settings)}
+
+    def trainable_parameters(self) -> dict[str, torch.Tensor]:
+        with self._gathered():
+            return {n: p.detach().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

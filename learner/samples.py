@@ -1,0 +1,93 @@
+"""Training samples from stored episodes: token ids as sampled, loss only on the action tokens.
+
+Each step of an episode becomes one sample: ``prompt_ids + action_ids``, with the prompt (goal, history,
+observation) as context and the action tokens carrying the loss, their stored sampling log-probs and the
+step's advantage. Samples are packed into micro-batches under a token budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from core.episode import Episode
+from learner.advantages import combine, group_advantages, step_advantages
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    num_prompt: int  # the first num_prompt tokens are context
+    old_logprobs: list[float]  # one per action token
+    advantage: float
+    policy_version: int
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+ReturnRow = tuple[object, float, list[float]]  # (group key, episode return, per-step rewards)
+
+
+def return_rows(episodes: list[Episode]) -> list[ReturnRow]:
+    """What advantages need from an episode; small enough to all-gather across learner ranks."""
+    return [
+        (e.group_key, e.score, [s.step_reward if s.step_reward is not None else s.env_reward for s in e.steps])
+        for e in episodes
+    ]
+
+
+def step_advantages_for(rows: list[ReturnRow], omega: float, gamma: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-step advantages of every episode (A_episode + omega * A_step) and the episode advantages."""
+    if not rows:
+        return [], torch.zeros(0)
+    keys = {k: i for i, k in enumerate(sorted({row[0] for row in rows}, key=str))}
+    returns = torch.tensor([row[1] for row in rows], dtype=torch.float32)
+    episode_adv = group_advantages(returns, torch.tensor([keys[row[0]] for row in rows], dtype=torch.long))
+    rewards = [torch.tensor(row[2], dtype=torch.float32) for row in rows]
+    per_step = step_advantages(rewards, gamma) if omega else [torch.zeros(len(r)) for r in rewards]
+    return combine(episode_adv, per_step, omega), episode_adv
+
+
+def samples_for(episodes: list[Episode], advantages: list[torch.Tensor]) -> list[Sample]:
+    """One sample per step that generated tokens."""
+    return [
+        Sample(step.prompt_ids + step.action_ids, len(step.prompt_ids), list(step.action_logprobs), float(adv), step.policy_version)
+        for episode, advs in zip(episodes, advantages, strict=True)
+        for step, adv in zip(episode.steps, advs.tolist(), strict=True)
+        if step.action_ids
+    ]
+
+
+def pack(samples: list[Sample], num_bins: int) -> list[list[Sample]]:
+    """Split samples into ``num_bins`` micro-batches of near-equal token count (longest first, each into
+    the lightest bin). A fixed bin count keeps DeepSpeed's gradient-accumulation count constant."""
+    bins: list[list[Sample]] = [[] for _ in range(num_bins)]
+    loads = [0] * num_bins
+    for sample in sorted(samples, key=lambda s: s.num_tokens, reverse=True):
+        i = loads.index(min(loads))
+        bins[i].append(sample)
+        loads[i] += sample.num_tokens
+    return bins
+
+
+def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for one micro-batch; the token tensors are aligned with logits[:, :-1]."""
+    width = max(s.num_tokens for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    mask = torch.zeros((len(samples), width - 1))
+    old = torch.zeros((len(samples), width - 1))
+    adv = torch.zeros((len(samples), width - 1))
+    for i, s in enumerate(samples):
+        n = s.num_tokens
+        ids[i, :n] = torch.tensor(s.input_ids)
+        attention[i, :n] = 1
+        # Position t of the shifted tensors predicts token t + 1: action tokens sit at num_prompt - 1 ...
+        start, end = s.num_prompt - 1, n - 1
+        mask[i, start:end] = 1.0
+        old[i, start:end] = torch.tensor(s.old_logprobs)
+        adv[i, start:end] = s.advantage
+    return {"input_ids": ids, "attention_mask": attention, "loss_mask": mask, "old_logprobs": old, "advantages": adv}
