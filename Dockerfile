@@ -12,4 +12,4 @@ COPY . .
 RUN MISE_TARGET=${TARGET} bash launch/setup.sh
 ENV PATH=/opt/mise-rl/.venv/bin:$PATH
 
-CMD ["python", "-m", "launch.rollout"]
+CMD ["python", "-m", "launch.train"]

@@ -2,10 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup rollout test bench
+.PHONY: setup train rollout test bench
 
 setup:
 	bash launch/setup.sh
+
+train: setup
+	$(PY) -m launch.train $(ARGS)
 
 rollout: setup
 	$(PY) -m launch.rollout $(ARGS)

@@ -24,7 +24,7 @@ class EnvConfig:
     name: str = "textworld"  # textworld | corridor
     tasks: list[str] = field(default_factory=lambda: ["recipe1+take1+go1"])
     split: str = "train"
-    max_steps: int = 20
+    max_steps: int = 12
     # How many variations (seeds) each split offers; the seed ranges of the splits are disjoint.
     variations: dict[str, int] = field(default_factory=lambda: {"train": 10000, "valid": 100, "test": 100})
     cache_dir: str | None = None  # generated games; default: $MISE_CACHE or ~/.cache/mise-rl
@@ -56,7 +56,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 24
-    history_window: int = 4
+    history_window: int = 2
     max_observation_chars: int = 1200
     show_admissible: bool = True
     max_action_chars: int = 80
@@ -64,7 +64,7 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
-    steps: int = 10  # optimizer steps of the run
+    steps: int = 6  # optimizer steps of the run
     episodes_per_step: int = 8  # over all ranks; a multiple of group_size
     staleness: int = 1  # S: actors keep S + 1 adapter versions; older episodes are dropped
     publish_every: int = 1  # K: optimizer steps between adapter versions
@@ -112,6 +112,7 @@ class Config:
     seed: int = 0
     mode: str = "sync"  # sync: generate, then train; async: the next batch is generated while the learner trains
     episodes: int = 16  # launch.rollout: how many episodes to play
+    eval_groups: int = 0  # launch.train: valid-split (task, variation) groups played before and after training
     group_size: int = 4  # rollouts per (task, variation)
     run_dir: str | None = None  # None: Hydra's output dir
 
@@ -199,6 +200,9 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(cfg.reward.mode in REWARD_MODES, "reward.mode", cfg.reward.mode, f"one of {REWARD_MODES}")
     _check(cfg.episodes >= 1, "episodes", cfg.episodes, "an integer >= 1")
     _check(cfg.group_size >= 1, "group_size", cfg.group_size, "an integer >= 1")
+    _check(cfg.eval_groups >= 0, "eval_groups", cfg.eval_groups, "an integer >= 0")
+    if cfg.eval_groups:
+        _check("valid" in e.variations, "env.variations", dict(e.variations), "must give a valid-split count when eval_groups > 0")
     _check(cfg.episodes % cfg.group_size == 0, "episodes", cfg.episodes, f"a multiple of group_size={cfg.group_size}")
     if cfg.ray.num_cpus is not None:
         _check(cfg.ray.num_cpus >= 1, "ray.num_cpus", cfg.ray.num_cpus, "an integer >= 1 or null")

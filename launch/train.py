@@ -79,6 +79,7 @@ class Pipeline:
         self.rollout_queue = Queue(maxsize=2 * size)
         self.learner_queue = Queue(maxsize=2 * size)  # bounded: a slow learner slows the rollouts down
         self.publish_times: dict[int, float] = {}
+        self.evaluated = 0  # finished evaluation episodes: counted, never trained on
 
     def generate(self, step: int) -> ray.ObjectRef:
         """Start one batch: the actors stream into the rollout queue, the reward stage pumps it on.
@@ -111,6 +112,18 @@ class Pipeline:
         self.publish_times[adapters[0].version] = start
         return adapters[0].version, loads
 
+    def evaluate(self, specs: list) -> dict:
+        """Play ``specs`` with each actor's current policy; the episodes are not trained on."""
+        chunks = [specs[i :: len(self.actors)] for i in range(len(self.actors))]
+        episodes = [e for batch in ray.get([a.run.remote(c) for a, c in zip(self.actors, chunks) if c]) for e in batch]
+        finished = [e for e in episodes if e.status == "finished"]
+        self.evaluated += len(finished)
+        return {
+            "episodes": len(episodes),
+            "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
+            "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
+        }
+
     def checkpoint(self, directory: Path) -> None:
         ray.get([l.save_checkpoint.remote(str(directory)) for l in self.learners])
 
@@ -131,8 +144,11 @@ def run(cfg: Config, run_dir: Path) -> dict:
     groups = cfg.learner.episodes_per_step // cfg.group_size
     prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in episode_specs(cfg, groups, cfg.env.split, cfg.seed * 100_003 + step)])
     start_ray(cfg)
+    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed) if cfg.eval_groups else []
+    prepare_env_assets(cfg, eval_specs)
     wall_start = time.perf_counter()
     pipeline = Pipeline(cfg, model_dir)
+    evaluations = {"before": pipeline.evaluate(eval_specs)} if eval_specs else {}
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -141,6 +157,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     history: list[dict] = []
     time_split = {"wait_for_episodes": 0.0, "train": 0.0, "publish": 0.0}
     pending = pipeline.generate(0)
+    loads: list[ray.ObjectRef] = []
     bar = tqdm(range(cfg.learner.steps), desc="learner steps", unit="step")
     for step in bar:
         t0 = time.perf_counter()
@@ -172,7 +189,11 @@ def run(cfg: Config, run_dir: Path) -> dict:
         bar.set_postfix(success=f"{metrics['success_rate']:.2f}", v=metrics["policy_version"], stale=metrics["dropped_stale"], tok=metrics["train_tokens"])
     bar.close()
     pipeline.checkpoint(run_dir / "checkpoints" / "final")
+    ray.get(loads)  # every actor holds the last published version
+    if eval_specs:
+        evaluations["after"] = pipeline.evaluate(eval_specs)
     summary = summarize(cfg, pipeline, history, time_split, time.perf_counter() - wall_start)
+    summary["evaluation"] = evaluations
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     metrics_file.close()
     writer.close()
@@ -187,8 +208,9 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
     ledger = ledger.merge(ray.get(pipeline.reward.report.remote()))
     ledger.trained = sum(h["trained_episodes"] for h in history)
     ledger.dropped["stale"] = sum(h["dropped_stale"] for h in history)
+    ledger.dropped["evaluation"] = pipeline.evaluated
     ledger.check(expect_idle=True)
-    if ledger.trained + ledger.dropped["stale"] != ledger.finished:
+    if ledger.trained + sum(ledger.dropped.values()) != ledger.finished:
         raise RuntimeError(f"finished episodes are not all trained or dropped: {ledger.as_dict()}")
     generate_s = sum(r["stats"].generate_s for r in reports)
     env_s = sum(r["stats"].env_s for r in reports)
@@ -220,7 +242,8 @@ def main(dict_cfg: DictConfig) -> dict:
         f"time split (s): {', '.join(f'{k} {v:.1f}' for k, v in summary['time_split_s'].items())}\n"
         f"publish -> first token on the new version (s): "
         f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
-        f"ledger {summary['ledger']}\nrun dir {run_dir}"
+        + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
+        + f"ledger {summary['ledger']}\nrun dir {run_dir}"
     )
     return summary
 

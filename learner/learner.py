@@ -148,6 +148,15 @@ class Learner:
         }
         return samples, stats
 
+    def _forward_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log-probs of the target tokens; logits only for the last ``keep`` positions (the actions)."""
+        keep = int(batch["keep"])
+        logits = self.engine(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"], logits_to_keep=keep,
+        ).logits  # fmt: skip
+        return token_logprobs(logits[:, :-1], batch["targets"], self.settings.temperature)
+
     def _micro_step(self, micro: list[Sample], normaliser: float) -> dict[str, float]:
         # An empty micro-batch still runs (with zero loss): every rank must take part in each backward.
         batch = collate(micro or [Sample([self.pad_id, self.pad_id], 1, [0.0], 0.0, 0)], self.pad_id)
@@ -158,11 +167,9 @@ class Learner:
         ref = None
         if self.settings.loss.kl_coef > 0:
             with torch.no_grad(), autocast, self.engine.module.disable_adapter():
-                ref_logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                ref = token_logprobs(ref_logits, batch["input_ids"], self.settings.temperature)
+                ref = self._forward_logprobs(batch)
         with autocast:
-            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logprobs = token_logprobs(logits, batch["input_ids"], self.settings.temperature)
+            logprobs = self._forward_logprobs(batch)
         loss, stats = policy_loss(
             logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.settings.loss, ref, normaliser
         )
@@ -188,15 +195,13 @@ class Learner:
             return AdapterWeights.from_peft_model(self.engine.module, self.version)
 
     def adapter_logprobs(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
-        """Teacher-forced log-probs under the current adapter (for checks against the actors)."""
+        """Teacher-forced log-probs of the continuations under the current adapter (checks against actors)."""
         self.engine.eval()
-        out = []
+        samples = [Sample(p + c, len(p), [0.0] * len(c), 0.0, self.version) for p, c in zip(prompts, continuations)]
+        batch = {k: v.to(self.device) for k, v in collate(samples, self.pad_id).items()}
         with torch.no_grad():
-            for prompt, cont in zip(prompts, continuations):
-                ids = torch.tensor([prompt + cont], device=self.device)
-                logits = self.engine(input_ids=ids).logits
-                out.append(token_logprobs(logits, ids, self.settings.temperature)[0, len(prompt) - 1 :].tolist())
-        return out
+            logprobs = self._forward_logprobs(batch)
+        return [row[len(row) - len(c) :].tolist() for row, c in zip(logprobs, continuations)]
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         """PEFT adapter (loadable by PeftModel.from_pretrained and vLLM) + DeepSpeed state for resume."""

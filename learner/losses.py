@@ -64,10 +64,11 @@ def policy_loss(
     return loss, stats
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(x_{t+1} | x_<=t) for every position: shape [batch, len - 1]. Logits are divided by the
-    sampling temperature so the result is the distribution the rollout actually sampled from."""
-    logits = logits[:, :-1].float()
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(target | context) for logits already aligned with their targets ([batch, n, vocab] and
+    [batch, n]). Logits are divided by the sampling temperature, so the result is the distribution the
+    rollout actually sampled from."""
+    logits = logits.float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)

@@ -74,20 +74,34 @@ def pack(samples: list[Sample], num_bins: int) -> list[list[Sample]]:
 
 
 def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for one micro-batch; the token tensors are aligned with logits[:, :-1]."""
+    """Left-padded tensors for one micro-batch, so that every row's action tokens sit at the end.
+
+    Only the last ``keep`` positions need logits (the longest action + 1): ``targets`` and the per-token
+    tensors are aligned with ``logits[:, -keep:-1]``; prompts cost no vocabulary projection.
+    """
     width = max(s.num_tokens for s in samples)
+    keep = max(len(s.old_logprobs) for s in samples) + 1
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(samples), width), dtype=torch.long)
-    mask = torch.zeros((len(samples), width - 1))
-    old = torch.zeros((len(samples), width - 1))
-    adv = torch.zeros((len(samples), width - 1))
+    mask = torch.zeros((len(samples), keep - 1))
+    old = torch.zeros((len(samples), keep - 1))
+    adv = torch.zeros((len(samples), keep - 1))
     for i, s in enumerate(samples):
-        n = s.num_tokens
-        ids[i, :n] = torch.tensor(s.input_ids)
-        attention[i, :n] = 1
-        # Position t of the shifted tensors predicts token t + 1: action tokens sit at num_prompt - 1 ...
-        start, end = s.num_prompt - 1, n - 1
-        mask[i, start:end] = 1.0
-        old[i, start:end] = torch.tensor(s.old_logprobs)
-        adv[i, start:end] = s.advantage
-    return {"input_ids": ids, "attention_mask": attention, "loss_mask": mask, "old_logprobs": old, "advantages": adv}
+        n, a = s.num_tokens, len(s.old_logprobs)
+        ids[i, width - n :] = torch.tensor(s.input_ids)
+        attention[i, width - n :] = 1
+        if a:
+            mask[i, keep - 1 - a :] = 1.0
+            old[i, keep - 1 - a :] = torch.tensor(s.old_logprobs)
+            adv[i, keep - 1 - a :] = s.advantage
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "position_ids": positions,
+        "targets": ids[:, width - keep + 1 :],
+        "loss_mask": mask,
+        "old_logprobs": old,
+        "advantages": adv,
+        "keep": torch.tensor(keep),
+    }

@@ -35,6 +35,16 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def warm_model_dir(tmp_path_factory, tiny_model_dir) -> str:
+    """The tiny model after a format-only warm start on corridor prompts (see helpers.format_warm_start)."""
+    from actors.prompting import PromptSettings
+    from tests.helpers import format_warm_start
+
+    out = tmp_path_factory.mktemp("tiny-warm")
+    return format_warm_start(tiny_model_dir, str(out), length=1, settings=PromptSettings(history_window=0))
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     import ray
 

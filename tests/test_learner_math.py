@@ -75,10 +75,10 @@ def test_policy_loss_masks_tokens_and_adds_k3_kl():
 
 
 def test_token_logprobs_with_temperature():
-    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1.0, 1.0, 1.0]]]))
-    ids = torch.tensor([[0, 1, 2]])
-    assert token_logprobs(logits, ids)[0].tolist() == pytest.approx([math.log(0.25), math.log(0.8)], rel=1e-5)
-    hot = token_logprobs(logits, ids, temperature=2.0)[0, 0]
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]))
+    targets = torch.tensor([[1, 2]])
+    assert token_logprobs(logits, targets)[0].tolist() == pytest.approx([math.log(0.25), math.log(0.8)], rel=1e-5)
+    hot = token_logprobs(logits, targets, temperature=2.0)[0, 0]
     weights = torch.tensor([0.5, 0.25, 0.25]) ** 0.5
     assert float(hot) == pytest.approx(math.log(weights[1] / weights.sum()), rel=1e-5)
 
@@ -98,11 +98,13 @@ def test_samples_carry_the_episode_advantage_on_action_tokens_only():
     assert [s.input_ids for s in samples] == [[1, 2, 3, 4, 5], [1, 2, 6], [7, 8]]  # the empty action is skipped
     assert [round(s.advantage, 4) for s in samples] == [1.0, 1.0, -1.0]
     batch = collate(samples[:2], pad_id=0)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 2, 6, 0, 0]]
-    # logits position t predicts token t + 1: action tokens 4, 5 are predicted at positions 2, 3
-    assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
-    assert batch["old_logprobs"][0, 2:4].tolist() == pytest.approx([-0.1, -0.1])
-    assert batch["advantages"][1].tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0], abs=1e-5)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [0, 0, 1, 2, 6]]  # left padded
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]]
+    # keep = longest action + 1 = 3 logits (positions 2..4); positions 2, 3 predict the targets 4, 5
+    assert int(batch["keep"]) == 3 and batch["targets"].tolist() == [[4, 5], [2, 6]]
+    assert batch["loss_mask"].tolist() == [[1, 1], [0, 1]]
+    assert batch["old_logprobs"][0].tolist() == pytest.approx([-0.1, -0.1])
+    assert batch["advantages"][1].tolist() == pytest.approx([0.0, 1.0], abs=1e-5)
 
 
 def test_step_level_term_adds_omega_times_normalised_step_return():

@@ -1,0 +1,95 @@
+"""The learner for real: DeepSpeed ranks as Ray actors over gloo, versions pushed to vLLM rollout actors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actors.engine import Sampling
+from actors.prompting import PromptSettings
+from actors.rollout import EpisodeSpec, RolloutWorker
+from conf.schema import Config, EngineConfig, EnvConfig, LearnerConfig, ModelConfig, RolloutConfig
+from envs.corridor import CorridorEnv
+
+pytestmark = pytest.mark.slow
+PROMPT = PromptSettings(history_window=0)
+
+
+def corridor():
+    return CorridorEnv([1], {"train": 100}, max_steps=3)
+
+
+class HFFactory:
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+
+    def __call__(self):
+        from actors.hf_engine import HFEngine
+
+        return HFEngine(self.model_dir, max_versions=2, dtype="float32", num_threads=2)
+
+
+def play(model_dir, count) -> list:
+    worker = RolloutWorker(0, HFFactory(model_dir), corridor, model_dir, 4, Sampling(max_tokens=6, seed=1), PROMPT, 2048)
+    return worker.run([EpisodeSpec("corridor-1", v // 4) for v in range(count)])
+
+
+def learner_config(model_dir, **learner) -> Config:
+    return Config(
+        env=EnvConfig(name="corridor", tasks=["corridor-1"], max_steps=3, variations={"train": 100}),
+        model=ModelConfig(path=model_dir, dtype="float32"),
+        engine=EngineConfig(kind="vllm", max_model_len=2048),
+        rollout=RolloutConfig(num_actors=1, envs_per_actor=4, max_tokens=6, history_window=0),
+        learner=LearnerConfig(**{"bf16_autocast": False, "lr": 1e-3, **learner}),
+    )
+
+
+def test_two_zero2_ranks_end_with_identical_adapters(ray_local, warm_model_dir):
+    from ray.util.queue import Queue
+
+    from launch.train import make_learners
+
+    episodes = play(warm_model_dir, 16)
+    ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=2, micro_batches=2), warm_model_dir)
+    initial = ray_local.get(ranks[0].trainable_parameters.remote())
+    queue = Queue()
+    for step in range(2):
+        for episode in episodes[8 * step : 8 * step + 8]:
+            queue.put(episode)
+        metrics = ray_local.get([r.train_from_queue.remote(queue, 4) for r in ranks])
+        assert [m["episodes"] for m in metrics] == [4, 4]
+    weights = ray_local.get([r.trainable_parameters.remote() for r in ranks])
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) > 0
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    changed = sum(not torch.equal(initial[n], weights[0][n]) for n in initial)
+    assert changed == len(initial)  # every LoRA matrix moved
+    for r in ranks:
+        ray_local.kill(r)
+
+
+def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_local, warm_model_dir):
+    from ray.util.queue import Queue
+
+    from launch.build import make_rollout_actors
+    from launch.train import make_learners
+
+    cfg = learner_config(warm_model_dir)
+    (learner,) = make_learners(cfg, warm_model_dir)
+    (actor,) = make_rollout_actors(cfg, warm_model_dir)
+    specs = [EpisodeSpec("corridor-1", v // 4) for v in range(8)]
+    queue = Queue()
+    for episode in ray_local.get(actor.run.remote(specs)):
+        queue.put(episode)
+    ray_local.get(learner.train_from_queue.remote(queue, 8))
+    adapter = ray_local.get(learner.publish.remote())
+    assert adapter.version == 1
+    assert ray_local.get(actor.load_adapter.remote(ray_local.put(adapter))) == 1
+    episodes = ray_local.get(actor.run.remote(specs[:4]))
+    steps = [s for e in episodes for s in e.steps]
+    assert {s.policy_version for s in steps} == {1}
+    learner_logprobs = ray_local.get(learner.adapter_logprobs.remote([s.prompt_ids for s in steps], [s.action_ids for s in steps]))
+    worst = max(abs(a - b) for s, lp in zip(steps, learner_logprobs) for a, b in zip(s.action_logprobs, lp))
+    assert worst < 1e-3, worst
+    for handle in (learner, actor):
+        ray_local.kill(handle)
