@@ -24,7 +24,7 @@ class EnvConfig:
     name: str = "textworld"  # textworld | corridor
     tasks: list[str] = field(default_factory=lambda: ["recipe1+take1+go1"])
     split: str = "train"
-    max_steps: int = 12
+    max_steps: int = 8
     # How many variations (seeds) each split offers; the seed ranges of the splits are disjoint.
     variations: dict[str, int] = field(default_factory=lambda: {"train": 10000, "valid": 100, "test": 100})
     cache_dir: str | None = None  # generated games; default: $MISE_CACHE or ~/.cache/mise-rl
@@ -64,7 +64,7 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
-    steps: int = 6  # optimizer steps of the run
+    steps: int = 4  # optimizer steps of the run
     episodes_per_step: int = 8  # over all ranks; a multiple of group_size
     staleness: int = 1  # S: actors keep S + 1 adapter versions; older episodes are dropped
     publish_every: int = 1  # K: optimizer steps between adapter versions
@@ -80,7 +80,7 @@ class LearnerConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    micro_batches: int = 2  # per rank and optimizer step; samples are packed into this many
+    micro_batch_tokens: int = 2048  # padded tokens per forward/backward (bounds activation memory)
     clip_eps: float = 0.2
     dual_clip: float = 3.0
     kl_coef: float = 0.0  # beta
@@ -190,7 +190,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(l.lr > 0, "learner.lr", l.lr, "a number > 0")
     _check(l.weight_decay >= 0, "learner.weight_decay", l.weight_decay, "a number >= 0")
     _check(l.grad_clip > 0, "learner.grad_clip", l.grad_clip, "a number > 0")
-    _check(l.micro_batches >= 1, "learner.micro_batches", l.micro_batches, "an integer >= 1")
+    _check(l.micro_batch_tokens >= 64, "learner.micro_batch_tokens", l.micro_batch_tokens, "an integer >= 64")
     _check(0 < l.clip_eps < 1, "learner.clip_eps", l.clip_eps, "in (0, 1)")
     _check(l.dual_clip > 1, "learner.dual_clip", l.dual_clip, "a number > 1")
     _check(l.kl_coef >= 0, "learner.kl_coef", l.kl_coef, "a number >= 0")

@@ -11,7 +11,7 @@ import ray
 from actors.engine import Sampling, make_engine, split_cores
 from actors.prompting import PromptSettings
 from actors.rollout import EpisodeSpec, RolloutActor
-from conf.schema import Config
+from conf.schema import Config, validate
 from core.paths import default_cache_dir
 from envs import make_env
 
@@ -94,7 +94,11 @@ class _EnvFactory:
         return make_env(self.env_cfg)
 
 
-def run_dir_for(cfg: Config) -> Path:
+def begin_run(dict_cfg) -> tuple[Config, Path]:
+    """Validate the Hydra config (before anything starts), make the run dir, snapshot the config there."""
+    from omegaconf import OmegaConf
+
+    cfg = validate(dict_cfg)
     if cfg.run_dir:
         path = Path(cfg.run_dir)
     else:
@@ -102,4 +106,5 @@ def run_dir_for(cfg: Config) -> Path:
 
         path = Path(HydraConfig.get().runtime.output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    (path / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
+    return cfg, path

@@ -14,15 +14,15 @@ import time
 
 import hydra
 import ray
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from ray.util.queue import Empty, Queue
 from tqdm import tqdm
 
 from actors.rollout import ThroughputStats
-from conf.schema import register, validate
+from conf.schema import register
 from core.episode import Episode
 from core.ledger import EpisodeLedger
-from launch.build import episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, run_dir_for, start_ray
+from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, start_ray
 
 register()
 
@@ -81,9 +81,7 @@ def summarize(episodes: list[Episode], reports: list[dict], wall_s: float) -> di
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg = validate(dict_cfg)
-    run_dir = run_dir_for(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
+    cfg, run_dir = begin_run(dict_cfg)
     model_dir = resolve_model_dir(cfg)
     specs = episode_specs(cfg, cfg.episodes // cfg.group_size, cfg.env.split, cfg.seed)
     prepare_env_assets(cfg, specs)

@@ -20,31 +20,18 @@ from pathlib import Path
 
 import hydra
 import ray
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from ray.util.queue import Queue
 from tqdm import tqdm
 
-from conf.schema import Config, ConfigError, register, validate
+from conf.schema import Config, ConfigError, register
 from core.ledger import EpisodeLedger
-from launch.build import episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, run_dir_for, start_ray
-from learner.learner import Learner, LearnerSettings
-from learner.losses import LossConfig
+from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, start_ray
+from learner.learner import Learner
 from reward.stage import RewardActor
 
 register()
 LearnerActor = ray.remote(Learner)
-
-
-def learner_settings(cfg: Config) -> LearnerSettings:
-    l = cfg.learner
-    return LearnerSettings(
-        staleness=l.staleness, zero_stage=l.zero_stage, lora_rank=l.lora_rank, lora_alpha=l.lora_alpha,
-        lora_dropout=l.lora_dropout, target_modules=list(l.target_modules), lr=l.lr, weight_decay=l.weight_decay,
-        grad_clip=l.grad_clip, micro_batches=l.micro_batches,
-        loss=LossConfig(clip_eps=l.clip_eps, dual_clip=l.dual_clip, kl_coef=l.kl_coef),
-        omega=l.omega, gamma=l.gamma, bf16_autocast=l.bf16_autocast, temperature=cfg.rollout.temperature,
-        num_threads=l.num_threads,
-    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -61,7 +48,7 @@ def make_learners(cfg: Config, model_dir: str) -> list:
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
         ranks.append(
             LearnerActor.options(num_cpus=cfg.learner.num_cpus_per_rank, runtime_env={"env_vars": env}).remote(
-                learner_settings(cfg), model_dir, cfg.seed
+                cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed
             )
         )
     return ranks
@@ -230,9 +217,7 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg = validate(dict_cfg)
-    run_dir = run_dir_for(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg))
+    cfg, run_dir = begin_run(dict_cfg)
     summary = run(cfg, run_dir)
     latencies = summary["publish_to_first_token_s"]
     print(

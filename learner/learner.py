@@ -12,36 +12,17 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from conf.schema import LearnerConfig
 from core.adapter import AdapterWeights
 from core.episode import Episode
 from learner.losses import LossConfig, policy_loss, token_logprobs
 from learner.samples import Sample, collate, pack, return_rows, samples_for, step_advantages_for
-
-
-@dataclass
-class LearnerSettings:
-    staleness: int = 1
-    zero_stage: int = 0
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    micro_batches: int = 2
-    loss: LossConfig = field(default_factory=LossConfig)
-    omega: float = 0.0
-    gamma: float = 1.0
-    bf16_autocast: bool = True
-    temperature: float = 1.0  # the rollout's sampling temperature
-    num_threads: int = 0  # CPU: torch threads (0: every core of the machine)
 
 
 def episode_version(episode: Episode) -> int:
@@ -49,12 +30,15 @@ def episode_version(episode: Episode) -> int:
 
 
 class Learner:
-    def __init__(self, settings: LearnerSettings, model_dir: str, seed: int = 0) -> None:
+    def __init__(self, cfg: LearnerConfig, model_dir: str, temperature: float = 1.0, seed: int = 0) -> None:
+        """``temperature`` is the rollout's sampling temperature: log-probs are computed under it."""
         import deepspeed
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, GenerationConfig
 
-        self.settings = settings
+        self.cfg = cfg
+        self.temperature = temperature
+        self.loss_cfg = LossConfig(clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip, kl_coef=cfg.kl_coef)
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cpu":
             # The shared-memory all-reduce op is a 25-45 s JIT build; gloo alone is enough here.
@@ -62,25 +46,26 @@ class Learner:
         deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         if self.device.type == "cpu":
-            torch.set_num_threads(settings.num_threads or os.cpu_count() or 1)
+            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         seed_everything(seed)
 
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         eos = GenerationConfig.from_model_config(model.config).eos_token_id
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
         lora = LoraConfig(
-            r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-            target_modules=list(settings.target_modules), task_type="CAUSAL_LM",
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
         )  # fmt: skip
         model = get_peft_model(model, lora)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds_config = {
+            # Micro-batches vary in number (token budget); train_step marks the accumulation boundary.
             "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": settings.micro_batches,
-            "train_batch_size": settings.micro_batches * self.world_size,
-            "gradient_clipping": settings.grad_clip,
-            "zero_optimization": {"stage": settings.zero_stage},
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.world_size,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
         }
@@ -102,21 +87,25 @@ class Learner:
 
     def train_step(self, episodes: list[Episode]) -> dict:
         start = time.perf_counter()
-        fresh = [e for e in episodes if self.version - episode_version(e) <= self.settings.staleness]
+        fresh = [e for e in episodes if self.version - episode_version(e) <= self.cfg.staleness]
         stale = len(episodes) - len(fresh)
         self.dropped_stale += stale
         samples, advantage_stats = self._samples(fresh)
-        bins = pack(samples, self.settings.micro_batches)
+        bins = pack(samples, self.cfg.micro_batch_tokens)
+        # Every rank runs the same number of backward passes (gradients are reduced on the last one).
+        count = torch.tensor([len(bins)])
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        bins += [[] for _ in range(int(count) - len(bins))]
         action_tokens = sum(len(s.old_logprobs) for s in samples)
-        # engine.backward divides by the accumulation count; this makes the sum over micro-batches
-        # the mean over every action token of the step.
-        normaliser = max(action_tokens, 1) / self.settings.micro_batches
         self.engine.train()
         totals: dict[str, float] = {}
-        for micro in bins:
-            stats = self._micro_step(micro, normaliser)
+        for i, micro in enumerate(bins):
+            self.engine.set_gradient_accumulation_boundary(i == len(bins) - 1)
+            stats = self._micro_step(micro, normaliser=max(action_tokens, 1))
+            weight = sum(len(s.old_logprobs) for s in micro) / max(action_tokens, 1)
             for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v * max(sum(len(s.old_logprobs) for s in micro), 0) / max(action_tokens, 1)
+                totals[k] = totals.get(k, 0.0) + v * weight
+        self.engine.step()
         self.step += 1
         self.trained_episodes += len(fresh)
         return {
@@ -127,6 +116,7 @@ class Learner:
             "trained_episodes": len(fresh),
             "dropped_stale": stale,
             "samples": len(samples),
+            "micro_batches": len(bins),
             "action_tokens": action_tokens,
             "train_tokens": sum(s.num_tokens for s in samples),
             "train_s": time.perf_counter() - start,
@@ -140,7 +130,7 @@ class Learner:
         torch.distributed.all_gather_object(everyone, return_rows(episodes))
         offset = sum(len(rows) for rows in everyone[: self.rank])
         flat = [row for rows in everyone for row in rows]
-        advantages, episode_adv = step_advantages_for(flat, self.settings.omega, self.settings.gamma)
+        advantages, episode_adv = step_advantages_for(flat, self.cfg.omega, self.cfg.gamma)
         samples = samples_for(episodes, advantages[offset : offset + len(episodes)])
         stats = {
             "return_mean": float(np.mean([row[1] for row in flat])) if flat else 0.0,
@@ -155,7 +145,7 @@ class Learner:
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"], logits_to_keep=keep,
         ).logits  # fmt: skip
-        return token_logprobs(logits[:, :-1], batch["targets"], self.settings.temperature)
+        return token_logprobs(logits[:, :-1], batch["targets"], self.temperature)
 
     def _micro_step(self, micro: list[Sample], normaliser: float) -> dict[str, float]:
         # An empty micro-batch still runs (with zero loss): every rank must take part in each backward.
@@ -163,25 +153,24 @@ class Learner:
         if not micro:
             batch["loss_mask"].zero_()
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.settings.bf16_autocast else nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.bf16_autocast else nullcontext()
         ref = None
-        if self.settings.loss.kl_coef > 0:
+        if self.loss_cfg.kl_coef > 0:
             with torch.no_grad(), autocast, self.engine.module.disable_adapter():
                 ref = self._forward_logprobs(batch)
         with autocast:
             logprobs = self._forward_logprobs(batch)
         loss, stats = policy_loss(
-            logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.settings.loss, ref, normaliser
+            logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.loss_cfg, ref, normaliser
         )
-        self.engine.backward(loss)
-        self.engine.step()
+        self.engine.backward(loss, scale_wrt_gas=False)  # normalised by the step's action tokens already
         stats["loss"] = loss.item() * normaliser / max(float(batch["loss_mask"].sum()), 1.0)
         return stats
 
     # --- adapters and checkpoints --------------------------------------------------------------
     def _gathered(self):
         """Full LoRA parameters for the duration of the block (a no-op below ZeRO-3)."""
-        if self.settings.zero_stage == 3:
+        if self.cfg.zero_stage == 3:
             import deepspeed
 
             params = [p for p in self.engine.module.parameters() if p.requires_grad]
@@ -217,7 +206,7 @@ class Learner:
         return directory
 
     def state(self) -> dict:
-        return {"step": self.step, "version": self.version, "dropped_stale": self.dropped_stale, "trained_episodes": self.trained_episodes, "settings": asdict(self.settings)}
+        return {"step": self.step, "version": self.version, "dropped_stale": self.dropped_stale, "trained_episodes": self.trained_episodes, "config": asdict(self.cfg)}
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         with self._gathered():

@@ -61,15 +61,16 @@ def samples_for(episodes: list[Episode], advantages: list[torch.Tensor]) -> list
     ]
 
 
-def pack(samples: list[Sample], num_bins: int) -> list[list[Sample]]:
-    """Split samples into ``num_bins`` micro-batches of near-equal token count (longest first, each into
-    the lightest bin). A fixed bin count keeps DeepSpeed's gradient-accumulation count constant."""
-    bins: list[list[Sample]] = [[] for _ in range(num_bins)]
-    loads = [0] * num_bins
+def pack(samples: list[Sample], token_budget: int) -> list[list[Sample]]:
+    """Micro-batches whose padded size (rows x longest row) stays within ``token_budget``: longest
+    samples first, each micro-batch filled until the next sample would exceed the budget. A sample
+    longer than the budget gets a micro-batch of its own."""
+    bins: list[list[Sample]] = []
     for sample in sorted(samples, key=lambda s: s.num_tokens, reverse=True):
-        i = loads.index(min(loads))
-        bins[i].append(sample)
-        loads[i] += sample.num_tokens
+        if bins and (len(bins[-1]) + 1) * bins[-1][0].num_tokens <= token_budget:
+            bins[-1].append(sample)
+        else:
+            bins.append([sample])
     return bins
 
 

@@ -50,7 +50,7 @@ def test_two_zero2_ranks_end_with_identical_adapters(ray_local, warm_model_dir):
     from launch.train import make_learners
 
     episodes = play(warm_model_dir, 16)
-    ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=2, micro_batches=2), warm_model_dir)
+    ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=2, micro_batch_tokens=256), warm_model_dir)
     initial = ray_local.get(ranks[0].trainable_parameters.remote())
     queue = Queue()
     for step in range(2):

@@ -116,8 +116,8 @@ def test_step_level_term_adds_omega_times_normalised_step_return():
     assert with_steps[1].tolist() == pytest.approx([-1 + 0.5 * z_lo], rel=1e-4)
 
 
-def test_pack_balances_tokens_into_a_fixed_number_of_bins():
-    samples = [Sample([0] * n, 1, [0.0] * (n - 1), 0.0, 0) for n in (10, 9, 8, 3, 2, 2)]
-    bins = pack(samples, 3)
-    assert len(bins) == 3 and sorted(sum(s.num_tokens for s in b) for b in bins) == [11, 11, 12]
-    assert len(pack(samples[:1], 2)[1]) == 0  # fewer samples than bins leaves empty bins
+def test_pack_keeps_each_micro_batch_within_the_token_budget():
+    samples = [Sample([0] * n, 1, [0.0] * (n - 1), 0.0, 0) for n in (10, 9, 8, 3, 2, 2, 30)]
+    bins = pack(samples, 20)
+    assert [[s.num_tokens for s in b] for b in bins] == [[30], [10, 9], [8, 3], [2, 2]]
+    assert all(len(b) * b[0].num_tokens <= 20 for b in bins[1:])  # only the over-long sample exceeds it
