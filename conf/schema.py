@@ -64,7 +64,7 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
-    steps: int = 4  # optimizer steps of the run
+    steps: int = 3  # optimizer steps of the run
     episodes_per_step: int = 8  # over all ranks; a multiple of group_size
     staleness: int = 1  # S: actors keep S + 1 adapter versions; older episodes are dropped
     publish_every: int = 1  # K: optimizer steps between adapter versions

@@ -44,13 +44,14 @@ def learner_config(model_dir, **learner) -> Config:
     )
 
 
-def test_two_zero2_ranks_end_with_identical_adapters(ray_local, warm_model_dir):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_ranks_end_with_identical_adapters(ray_local, warm_model_dir, zero_stage):
     from ray.util.queue import Queue
 
     from launch.train import make_learners
 
     episodes = play(warm_model_dir, 16)
-    ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=2, micro_batch_tokens=256), warm_model_dir)
+    ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=zero_stage, micro_batch_tokens=256), warm_model_dir)
     initial = ray_local.get(ranks[0].trainable_parameters.remote())
     queue = Queue()
     for step in range(2):
@@ -64,11 +65,18 @@ def test_two_zero2_ranks_end_with_identical_adapters(ray_local, warm_model_dir):
         assert torch.equal(weights[0][name], weights[1][name]), name
     changed = sum(not torch.equal(initial[n], weights[0][n]) for n in initial)
     assert changed == len(initial)  # every LoRA matrix moved
+    # Publishing gathers full tensors on every rank (under ZeRO-3 each rank holds only a shard).
+    adapters = ray_local.get([r.publish.remote() for r in ranks])
+    assert adapters[0].version == adapters[1].version == 1
+    for name, tensor in adapters[0].tensors.items():
+        assert tensor.numel() > 0 and torch.equal(tensor, adapters[1].tensors[name]), name
+    lora_a = next(t for n, t in adapters[0].tensors.items() if "q_proj.lora_A" in n)
+    assert tuple(lora_a.shape) == (8, 128)  # rank x hidden of the tiny model
     for r in ranks:
         ray_local.kill(r)
 
 
-def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_local, warm_model_dir):
+def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_local, warm_model_dir, tmp_path):
     from ray.util.queue import Queue
 
     from launch.build import make_rollout_actors
@@ -91,5 +99,17 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
     learner_logprobs = ray_local.get(learner.adapter_logprobs.remote([s.prompt_ids for s in steps], [s.action_ids for s in steps]))
     worst = max(abs(a - b) for s, lp in zip(steps, learner_logprobs) for a, b in zip(s.action_logprobs, lp))
     assert worst < 1e-3, worst
+
+    # The checkpoint's adapter is a standard PEFT adapter giving the same log-probs.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ray_local.get(learner.save_checkpoint.remote(str(tmp_path / "ckpt")))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(warm_model_dir, dtype=torch.float32), tmp_path / "ckpt" / "adapter")
+    ids = torch.tensor([steps[0].prompt_ids + steps[0].action_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(steps[0].prompt_ids) - 1 : -1]
+    peft_logprobs = torch.log_softmax(logits, -1).gather(-1, torch.tensor(steps[0].action_ids)[:, None])[:, 0]
+    assert torch.allclose(peft_logprobs, torch.tensor(learner_logprobs[0]), atol=1e-4)
     for handle in (learner, actor):
         ray_local.kill(handle)
