@@ -105,7 +105,8 @@ class Learner:
             weight = sum(len(s.old_logprobs) for s in micro) / max(action_tokens, 1)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v * weight
-        self.engine.step()
+        if bins:  # no rank had a fresh sample: nothing to step
+            self.engine.step()
         self.step += 1
         self.trained_episodes += len(fresh)
         return {

@@ -52,7 +52,7 @@ def test_two_ranks_end_with_identical_adapters(ray_local, warm_model_dir, zero_s
 
     episodes = play(warm_model_dir, 16)
     ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=zero_stage, micro_batch_tokens=256), warm_model_dir)
-    initial = ray_local.get(ranks[0].trainable_parameters.remote())
+    initial = ray_local.get([r.trainable_parameters.remote() for r in ranks])[0]  # a collective under ZeRO-3
     queue = Queue()
     for step in range(2):
         for episode in episodes[8 * step : 8 * step + 8]:
@@ -87,7 +87,8 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
     (actor,) = make_rollout_actors(cfg, warm_model_dir)
     specs = [EpisodeSpec("corridor-1", v // 4) for v in range(8)]
     queue = Queue()
-    for episode in ray_local.get(actor.run.remote(specs)):
+    first_batch = ray_local.get(actor.run.remote(specs))
+    for episode in first_batch:
         queue.put(episode)
     ray_local.get(learner.train_from_queue.remote(queue, 8))
     adapter = ray_local.get(learner.publish.remote())
@@ -111,5 +112,12 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
         logits = model(input_ids=ids).logits[0, len(steps[0].prompt_ids) - 1 : -1]
     peft_logprobs = torch.log_softmax(logits, -1).gather(-1, torch.tensor(steps[0].action_ids)[:, None])[:, 0]
     assert torch.allclose(peft_logprobs, torch.tensor(learner_logprobs[0]), atol=1e-4)
+    # Staleness: with S = 1, episodes of version 0 are dropped (and counted) once the learner is at 2.
+    ray_local.get(learner.publish.remote())
+    stale_queue = Queue()
+    for episode in first_batch:
+        stale_queue.put(episode)
+    metrics = ray_local.get(learner.train_from_queue.remote(stale_queue, len(first_batch)))
+    assert metrics["dropped_stale"] == len(first_batch) and metrics["trained_episodes"] == 0
     for handle in (learner, actor):
         ray_local.kill(handle)
