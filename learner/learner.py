@@ -12,7 +12,6 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -205,9 +204,6 @@ class Learner:
             (directory / "learner_state.json").write_text(json.dumps(state))
         torch.save(rng_state(), directory / f"rng_rank{self.rank}.pt")
         return directory
-
-    def state(self) -> dict:
-        return {"step": self.step, "version": self.version, "dropped_stale": self.dropped_stale, "trained_episodes": self.trained_episodes, "config": asdict(self.cfg)}
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         with self._gathered():
