@@ -48,6 +48,17 @@ def episode_specs(cfg: Config, num_groups: int, split: str, seed: int) -> list[E
     return specs
 
 
+def step_specs(cfg: Config, step: int) -> list[EpisodeSpec]:
+    """The training episodes of learner step ``step`` (a different draw of variations every step)."""
+    groups = cfg.learner.episodes_per_step // cfg.group_size
+    return episode_specs(cfg, groups, cfg.env.split, seed=cfg.seed * 100_003 + step)
+
+
+def shard(items: list, parts: int) -> list[list]:
+    """Round-robin split of ``items`` into ``parts`` lists (one per actor)."""
+    return [items[i::parts] for i in range(parts)]
+
+
 def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec]) -> None:
     """Generate the TextWorld games the specs need before actors ask for them (in parallel)."""
     if cfg.env.name == "textworld":

@@ -22,7 +22,7 @@ from actors.rollout import ThroughputStats
 from conf.schema import register
 from core.episode import Episode
 from core.ledger import EpisodeLedger
-from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, start_ray
+from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, shard, start_ray
 
 register()
 
@@ -30,7 +30,7 @@ register()
 def play(cfg, actors: list, specs: list, out_file) -> tuple[list[Episode], float]:
     """Stream the specs through the actors; write each episode as it arrives. Returns (episodes, wall s)."""
     queue = Queue(maxsize=4 * len(actors) * cfg.rollout.envs_per_actor)
-    chunks = [specs[i :: len(actors)] for i in range(len(actors))]
+    chunks = shard(specs, len(actors))
     start = time.perf_counter()
     pending = [actor.stream.remote(chunk, queue) for actor, chunk in zip(actors, chunks)]
     episodes: list[Episode] = []

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from conf.schema import Config, ConfigError, register
 from core.ledger import EpisodeLedger
-from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, start_ray
+from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, shard, start_ray, step_specs
 from learner.learner import Learner
 from reward.stage import RewardActor
 
@@ -71,9 +71,8 @@ class Pipeline:
     def generate(self, step: int) -> ray.ObjectRef:
         """Start one batch: the actors stream into the rollout queue, the reward stage pumps it on.
         Returns the reward stage's count of episodes it queued for the learner."""
-        groups = self.cfg.learner.episodes_per_step // self.cfg.group_size
-        specs = episode_specs(self.cfg, groups, self.cfg.env.split, seed=self.cfg.seed * 100_003 + step)
-        for actor, chunk in zip(self.actors, [specs[i :: len(self.actors)] for i in range(len(self.actors))]):
+        specs = step_specs(self.cfg, step)
+        for actor, chunk in zip(self.actors, shard(specs, len(self.actors))):
             if chunk:
                 actor.stream.remote(chunk, self.rollout_queue)
         return self.reward.pump.remote(self.rollout_queue, self.learner_queue, len(specs))
@@ -101,7 +100,7 @@ class Pipeline:
 
     def evaluate(self, specs: list) -> dict:
         """Play ``specs`` with each actor's current policy; the episodes are not trained on."""
-        chunks = [specs[i :: len(self.actors)] for i in range(len(self.actors))]
+        chunks = shard(specs, len(self.actors))
         episodes = [e for batch in ray.get([a.run.remote(c) for a, c in zip(self.actors, chunks) if c]) for e in batch]
         finished = [e for e in episodes if e.status == "finished"]
         self.evaluated += len(finished)
@@ -128,8 +127,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"config rollout.temperature={cfg.rollout.temperature!r} is invalid: training samples, so it must be > 0")
     model_dir = resolve_model_dir(cfg)
-    groups = cfg.learner.episodes_per_step // cfg.group_size
-    prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in episode_specs(cfg, groups, cfg.env.split, cfg.seed * 100_003 + step)])
+    prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in step_specs(cfg, step)])
     start_ray(cfg)
     eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed) if cfg.eval_groups else []
     prepare_env_assets(cfg, eval_specs)
