@@ -1,9 +1,14 @@
 """The inference-engine interface shared by rollout and reward actors, and the adapter-version book.
 
-An engine does four things, all on token ids (token-in/token-out):
+An engine does these things, all on token ids (token-in/token-out):
 - ``generate``: batched sampling; each prompt names the policy version to sample from; returns the
   generated ids and the log-prob of each under the sampling distribution (temperature applied).
 - ``score``: teacher-forced log-probs of given continuation ids after given prompts (temperature 1).
+- ``next_token_logprobs``: the log-prob of each of a few candidate tokens (e.g. "Yes" and "No") as the
+  next token after each prompt (temperature 1, full vocabulary), without sampling anything.
+  Prompts that share a prefix (one episode, many questions) reuse its computation: vLLM through its
+  prefix cache, the HF engine by running the common prefix once per call.
+  ``computed_tokens`` counts the tokens an engine actually ran through the model (cost accounting).
 - ``load_adapter`` / ``drop_adapter``: LoRA versions from in-memory tensors. Version 0 is the base
   model; at most ``max_versions`` adapters are resident and loading one more evicts the oldest.
 """
@@ -48,6 +53,10 @@ class InferenceEngine(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling) -> list[Generation]: ...
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]) -> list[list[float]]: ...
+
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]) -> list[list[float]]: ...
+
+    computed_tokens: int
 
     def load_adapter(self, adapter: AdapterWeights) -> None: ...
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from actors.engine import AdapterVersions, Generation, Sampling, check_batch
+from actors.engine import AdapterVersions, EngineError, Generation, Sampling, check_batch
 from core.adapter import AdapterWeights
 
 
@@ -48,6 +48,7 @@ class HFEngine:
         self.pad_id = config.pad_token_id if config.pad_token_id is not None else min(self.eos_ids)
         self.versions = AdapterVersions(max_versions)
         self.max_lora_rank = max_lora_rank
+        self.computed_tokens = 0
 
     # --- adapters ------------------------------------------------------------------------------
     def load_adapter(self, adapter: AdapterWeights) -> None:
@@ -124,6 +125,7 @@ class HFEngine:
                 tokens = tokens[:length]
                 token_logprobs = logprobs[row, torch.arange(length), torch.tensor(tokens)].tolist()
                 results[i] = Generation(tokens, token_logprobs, "length" if stop is None else "stop")
+                self.computed_tokens += len(prompts[i]) + length
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -134,19 +136,89 @@ class HFEngine:
         results: list[list[float] | None] = [None] * len(prompts)
         for version, rows in self._by_version(versions).items():
             joined = [list(prompts[i]) + list(continuations[i]) for i in rows]
-            width = max(len(j) for j in joined)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, row in enumerate(joined):  # right padding: positions are the plain 0..n-1
-                ids[r, : len(row)] = torch.tensor(row)
-                mask[r, : len(row)] = 1
-            with self._model_for(version):
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-            for r, i in enumerate(rows):
-                start = len(prompts[i]) - 1  # logits at position t predict token t + 1
-                results[i] = logprobs[r, start : start + len(continuations[i])].tolist()
+            # The logits at position t predict token t + 1: the continuation needs the last len(c) + 1.
+            tails = self._tail_logprobs(joined, [len(continuations[i]) + 1 for i in rows], version)
+            for i, full, tail in zip(rows, joined, tails):
+                n = len(continuations[i])
+                results[i] = tail[:-1].gather(-1, torch.tensor(full[len(full) - n :])[:, None])[:, 0].tolist()
         return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]
+    ) -> list[list[float]]:
+        check_batch(prompts, versions)
+        if not candidates:
+            raise EngineError("next_token_logprobs needs at least one candidate token id")
+        results: list[list[float] | None] = [None] * len(prompts)
+        for version, rows in self._by_version(versions).items():
+            tails = self._tail_logprobs([list(prompts[i]) for i in rows], [1] * len(rows), version)
+            for i, tail in zip(rows, tails):
+                results[i] = tail[-1, list(candidates)].tolist()
+        return results  # type: ignore[return-value]
+
+    def _tail_logprobs(self, rows: list[list[int]], tails: list[int], version: int) -> list[torch.Tensor]:
+        """Log-softmax over the vocabulary at the last ``tails[r]`` positions of each row.
+
+        The rows' common prefix runs once and its KV cache is shared by all rows (one episode asked many
+        questions costs the episode once); the remainders run as one left-padded batch after it, in
+        chunks of about ``_CHUNK_TOKENS`` padded tokens.
+        """
+        prefix = _common_prefix_length(rows)
+        prefix = min(prefix, *(len(r) - t for r, t in zip(rows, tails)))  # the needed positions come after it
+        out: list[torch.Tensor] = []
+        with self._model_for(version):
+            cache = None
+            if prefix > 0:
+                cache = self.model(input_ids=torch.tensor([rows[0][:prefix]]), use_cache=True, logits_to_keep=1).past_key_values
+                self.computed_tokens += prefix
+            for chunk in _chunks(rows, prefix, _CHUNK_TOKENS):
+                suffixes = [rows[r][prefix:] for r in chunk]
+                ids, mask = _left_pad(suffixes, self.pad_id)
+                keep = max(tails[r] for r in chunk)
+                positions = prefix + (mask.cumsum(-1) - 1).clamp(min=0)
+                kwargs = {}
+                if cache is not None:
+                    kwargs["past_key_values"] = _repeat_cache(cache, len(chunk))
+                    mask = torch.cat([torch.ones((len(chunk), prefix), dtype=mask.dtype), mask], dim=1)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, **kwargs).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for k, r in enumerate(chunk):
+                    out.append(logprobs[k, keep - tails[r] :])
+                self.computed_tokens += sum(len(s) for s in suffixes)
+        return out
 
     def close(self) -> None:
         pass
+
+
+_CHUNK_TOKENS = 8192
+
+
+def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for row in rows[1:]:
+        n = next((t for t in range(n) if row[t] != first[t]), n)
+    return n
+
+
+def _chunks(rows: list[list[int]], prefix: int, budget: int) -> list[list[int]]:
+    """Row indices in consecutive groups whose padded remainder (rows x longest) stays within budget."""
+    groups: list[list[int]] = []
+    for r in range(len(rows)):
+        width = len(rows[r]) - prefix
+        if groups and (len(groups[-1]) + 1) * max(width, max(len(rows[g]) - prefix for g in groups[-1])) <= budget:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _repeat_cache(cache, batch: int):
+    """A copy of a batch-1 KV cache repeated ``batch`` times (the prefix cache stays reusable)."""
+    import copy
+
+    repeated = copy.deepcopy(cache)
+    repeated.batch_repeat_interleave(batch)
+    return repeated

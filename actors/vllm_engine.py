@@ -54,6 +54,7 @@ class VLLMEngine:
         # (vllm issues 16668, 29955): several prompts in one scoring batch crash its einsum. One prompt
         # per call is exact there and costs little on CPU, where a prefill is already a full GEMM.
         self._score_per_request = current_platform.is_cpu()
+        self.computed_tokens = 0
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -101,26 +102,52 @@ class VLLMEngine:
             ids = list(out.token_ids)
             logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
             generations.append(Generation(ids, logprobs, "stop" if out.finish_reason == "stop" else "length"))
+            self.computed_tokens += len(request.prompt_token_ids) - (request.num_cached_tokens or 0) + len(ids)
         return generations
 
     def score(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]
     ) -> list[list[float]]:
+        """Teacher-forced log-probs; a prompt prefix already in the prefix cache is not recomputed.
+
+        vLLM skips the prefix cache for prompt log-probs by default, because cached positions get no
+        log-prob. Only the continuation's positions are needed here, so the cache is read, and a
+        request whose cache hit reached into its continuation is run again without the cache.
+        """
         from vllm import SamplingParams
 
         check_batch(prompts, versions, continuations)
-        # prompt_logprobs=0 returns the log-prob of each given token; with prefix caching on,
-        # prompts that share a prefix (one episode, many questions) reuse its KV cache.
-        params = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        cached = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=False)
+        uncached = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=True)
         joined = [list(p) + list(c) for p, c in zip(prompts, continuations)]
         if self._score_per_request:
-            requests = [r for i in range(len(joined)) for r in self._run(joined[i : i + 1], versions[i : i + 1], params)]
+            requests = [r for i in range(len(joined)) for r in self._run(joined[i : i + 1], versions[i : i + 1], cached)]
         else:
-            requests = self._run(joined, versions, params)
+            requests = self._run(joined, versions, cached)
         results = []
-        for prompt, full, request in zip(prompts, joined, requests):
-            positions = range(len(prompt), len(full))
-            results.append([request.prompt_logprobs[i][full[i]].logprob for i in positions])
+        for i, (prompt, full, request) in enumerate(zip(prompts, joined, requests)):
+            if (request.num_cached_tokens or 0) > len(prompt) - 1:  # a position we need came from the cache
+                request = self._run([full], [versions[i]], uncached)[0]
+            self.computed_tokens += len(full) - (request.num_cached_tokens or 0)
+            results.append([request.prompt_logprobs[t][full[t]].logprob for t in range(len(prompt), len(full))])
+        return results
+
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]
+    ) -> list[list[float]]:
+        """One decoding step per prompt that reports the candidates' log-probs (temperature 1, so the
+        processed log-probs are the model's own); prompts sharing a prefix hit the prefix cache."""
+        from vllm import SamplingParams
+
+        check_batch(prompts, versions)
+        if not candidates:
+            raise EngineError("next_token_logprobs needs at least one candidate token id")
+        params = SamplingParams(temperature=1.0, max_tokens=1, logprob_token_ids=list(candidates), detokenize=False)
+        results = []
+        for request in self._run(prompts, versions, params):
+            step = request.outputs[0].logprobs[0]
+            results.append([step[c].logprob for c in candidates])
+            self.computed_tokens += len(request.prompt_token_ids) - (request.num_cached_tokens or 0) + 1
         return results
 
     def load_adapter(self, adapter: AdapterWeights) -> None:

@@ -91,7 +91,30 @@ class LearnerConfig:
 
 @dataclass
 class RewardConfig:
-    mode: str = "env"  # env | prm | mise (prm and mise arrive with the reward pool)
+    """The reward pool (MISE.md): r_t = env_reward_t + dense_weight * dense_t."""
+
+    mode: str = "env"  # env: sparse env reward only | prm: + r_SE (uncalibrated) | mise: + calibrated r_SE, r_MI, and r_C
+    dense_weight: float = 1.0  # lambda
+    eps: float = 1.0e-3  # r_SE = log p_t is clipped below at log eps
+    clip: float = 10.0  # each step's dense_t is clipped to [-clip, clip] (a bound against outliers)
+    use_self_eval: bool = True  # mise: r_SE is a feature of the calibration map
+    use_mi: bool = True  # mise: r_MI is a feature of the calibration map
+    calibration_window: int = 256  # episodes per key the ridge fit sees (earlier batches only)
+    calibration_min_episodes: int = 16  # below this a key has no map yet and its dense reward is 0
+    calibration_alpha: float = 1.0  # ridge penalty
+    calibration_per_task: bool = False  # one map per (env, task) instead of per env
+    calibration_weight: float = 1.0  # weight of r_C on the evaluator's outcome answer (0: off); mise only
+    evaluator: str = "policy"  # policy: judge with the current adapter | base: frozen base model
+    num_actors: int = 1  # evaluator actors, each with its own engine (same kind as the rollout's)
+    num_cpus_per_actor: float = 0.5
+    batch_episodes: int = 4  # episodes per evaluator call
+    timeout_s: float = 600.0  # an evaluator call slower than this degrades its episodes to env reward
+    max_observation_chars: int = 300  # per observation in the hindsight transcript
+    # Prompts; null keeps the built-in text (reward/hindsight.py). {step} and {action} fill the step question.
+    system_prompt: str | None = None
+    step_question: str | None = None
+    outcome_question: str | None = None
+    hindsight_header: str | None = None
 
 
 @dataclass
@@ -119,7 +142,8 @@ class Config:
 
 ENV_NAMES = ("textworld", "corridor")
 ENGINE_KINDS = ("vllm", "hf")
-REWARD_MODES = ("env",)
+REWARD_MODES = ("env", "prm", "mise")
+EVALUATORS = ("policy", "base")
 MODES = ("sync", "async")
 DTYPES = ("bfloat16", "float16", "float32")
 SPLITS = ("train", "valid", "test")
@@ -197,7 +221,28 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(l.omega >= 0, "learner.omega", l.omega, "a number >= 0")
     _check(0 < l.gamma <= 1, "learner.gamma", l.gamma, "in (0, 1]")
     _check(cfg.mode in MODES, "mode", cfg.mode, f"one of {MODES}")
-    _check(cfg.reward.mode in REWARD_MODES, "reward.mode", cfg.reward.mode, f"one of {REWARD_MODES}")
+    w = cfg.reward
+    _check(w.mode in REWARD_MODES, "reward.mode", w.mode, f"one of {REWARD_MODES}")
+    _check(w.dense_weight >= 0, "reward.dense_weight", w.dense_weight, "a number >= 0")
+    _check(0 < w.eps < 1, "reward.eps", w.eps, "in (0, 1)")
+    _check(w.clip > 0, "reward.clip", w.clip, "a number > 0")
+    _check(w.use_self_eval or w.use_mi, "reward.use_mi", w.use_mi, "true when reward.use_self_eval is false (mise needs a feature)")
+    _check(w.calibration_min_episodes >= 2, "reward.calibration_min_episodes", w.calibration_min_episodes, "an integer >= 2")
+    _check(w.calibration_window >= w.calibration_min_episodes, "reward.calibration_window", w.calibration_window,
+           f"an integer >= reward.calibration_min_episodes={w.calibration_min_episodes}")  # fmt: skip
+    _check(w.calibration_alpha > 0, "reward.calibration_alpha", w.calibration_alpha, "a number > 0")
+    _check(w.calibration_weight >= 0, "reward.calibration_weight", w.calibration_weight, "a number >= 0")
+    _check(w.evaluator in EVALUATORS, "reward.evaluator", w.evaluator, f"one of {EVALUATORS}")
+    _check(w.num_actors >= 1, "reward.num_actors", w.num_actors, "an integer >= 1")
+    _check(w.num_cpus_per_actor >= 0, "reward.num_cpus_per_actor", w.num_cpus_per_actor, "a number >= 0")
+    _check(w.batch_episodes >= 1, "reward.batch_episodes", w.batch_episodes, "an integer >= 1")
+    _check(w.timeout_s > 0, "reward.timeout_s", w.timeout_s, "a number > 0 (seconds)")
+    _check(w.max_observation_chars >= 16, "reward.max_observation_chars", w.max_observation_chars, "an integer >= 16")
+    if w.step_question is not None:
+        _check("{step}" in w.step_question, "reward.step_question", w.step_question, "a question containing {step} (and optionally {action})")
+    if w.mode == "mise" and w.calibration_weight > 0:
+        # The evaluator's answer log-probs are read at temperature 1; the learner recomputes at the rollout's.
+        _check(r.temperature == 1.0, "rollout.temperature", r.temperature, "1.0 when reward.mode=mise trains the evaluator (reward.calibration_weight > 0)")
     _check(cfg.episodes >= 1, "episodes", cfg.episodes, "an integer >= 1")
     _check(cfg.group_size >= 1, "group_size", cfg.group_size, "an integer >= 1")
     _check(cfg.eval_groups >= 0, "eval_groups", cfg.eval_groups, "an integer >= 0")

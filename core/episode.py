@@ -38,6 +38,30 @@ class Step:
 
 
 @dataclass
+class SelfEvaluation:
+    """The evaluator's hindsight judgement of one episode (reward pool, MISE.md "The three dense signals")."""
+
+    evaluator_version: int  # adapter version that judged (0 = base model)
+    step_yes: list[float]  # p_t = P(Yes) / (P(Yes) + P(No)) for "did step t help?", one per step
+    mi: list[float]  # r_MI_t = log pi(a_t | s_t, h) - log pi(a_t | s_t), one per step
+    outcome_yes: float  # q = P(Yes) / (P(Yes) + P(No)) for "did the agent complete the task?"
+    outcome_prompt_ids: list[int]  # the outcome question, to train the evaluator's answer on
+    answer_ids: list[int]  # the [Yes, No] token ids
+    answer_logprobs: list[float]  # log P(Yes), log P(No) over the full vocabulary
+
+
+@dataclass
+class AnswerSample:
+    """One answer token to train with the policy-gradient loss (the calibration reward r_C)."""
+
+    prompt_ids: list[int]
+    token_id: int
+    logprob: float  # under the evaluator that produced it
+    advantage: float
+    policy_version: int
+
+
+@dataclass
 class Episode:
     """A whole trajectory of one agent in one environment instance."""
 
@@ -54,6 +78,9 @@ class Episode:
     status: EpisodeStatus = "running"
     failure_reason: str | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"generate_s": 0.0, "env_s": 0.0})
+    self_evaluation: SelfEvaluation | None = None  # filled by the reward pool in prm / mise mode
+    answer_samples: list[AnswerSample] = field(default_factory=list)  # extra training tokens (r_C)
+    reward_note: str | None = None  # why the episode got env-only reward in a dense mode (degraded)
 
     @property
     def group_key(self) -> tuple[str, str, int]:
@@ -91,4 +118,7 @@ class Episode:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in record.items() if k in names}
         kwargs["steps"] = [Step(**s) for s in record.get("steps", [])]
+        if record.get("self_evaluation"):
+            kwargs["self_evaluation"] = SelfEvaluation(**record["self_evaluation"])
+        kwargs["answer_samples"] = [AnswerSample(**a) for a in record.get("answer_samples", [])]
         return cls(**kwargs)

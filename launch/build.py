@@ -86,6 +86,26 @@ def make_rollout_actors(cfg: Config, model_dir: str) -> list:
     return actors
 
 
+def make_evaluators(cfg: Config, model_dir: str) -> list:
+    """The reward pool's evaluator actors (none in ``env`` mode), each with an engine of the rollout's kind."""
+    from reward.evaluator import EvaluatorActor
+    from reward.stage import hindsight_settings
+
+    if cfg.reward.mode == "env":
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    evaluators = []
+    for i in range(cfg.reward.num_actors):
+        threads = split_cores(cores, cfg.reward.num_actors, i) if cfg.engine.cpu_threads == "auto" else cfg.engine.cpu_threads
+        factory = _EngineFactory(cfg, model_dir, threads, seed=cfg.seed + 1000 + i)
+        evaluators.append(
+            EvaluatorActor.options(num_cpus=cfg.reward.num_cpus_per_actor, runtime_env={"env_vars": ACTOR_ENV_VARS}).remote(
+                factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len
+            )
+        )
+    return evaluators
+
+
 class _EngineFactory:
     """Picklable engine constructor: the engine is built inside the actor process, not the driver."""
 

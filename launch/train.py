@@ -26,7 +26,17 @@ from tqdm import tqdm
 
 from conf.schema import Config, ConfigError, register
 from core.ledger import EpisodeLedger
-from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, shard, start_ray, step_specs
+from launch.build import (
+    begin_run,
+    episode_specs,
+    make_evaluators,
+    make_rollout_actors,
+    prepare_env_assets,
+    resolve_model_dir,
+    shard,
+    start_ray,
+    step_specs,
+)
 from learner.learner import Learner
 from reward.stage import RewardActor
 
@@ -60,7 +70,8 @@ class Pipeline:
     def __init__(self, cfg: Config, model_dir: str) -> None:
         self.cfg = cfg
         self.actors = make_rollout_actors(cfg, model_dir)
-        self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward.mode)
+        self.evaluators = make_evaluators(cfg, model_dir)
+        self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward, self.evaluators)
         self.learners = make_learners(cfg, model_dir)
         size = cfg.learner.episodes_per_step
         self.rollout_queue = Queue(maxsize=2 * size)
@@ -70,7 +81,7 @@ class Pipeline:
 
     def generate(self, step: int) -> ray.ObjectRef:
         """Start one batch: the actors stream into the rollout queue, the reward stage pumps it on.
-        Returns the reward stage's count of episodes it queued for the learner."""
+        Returns the reward stage's result: ``queued`` (episodes for the learner) and reward metrics."""
         specs = step_specs(self.cfg, step)
         for actor, chunk in zip(self.actors, shard(specs, len(self.actors))):
             if chunk:
@@ -94,7 +105,7 @@ class Pipeline:
         start = time.time()
         adapters = ray.get([l.publish.remote() for l in self.learners])
         ref = ray.put(adapters[0])
-        loads = [a.load_adapter.remote(ref) for a in self.actors]
+        loads = [a.load_adapter.remote(ref) for a in self.actors + self.evaluators]
         self.publish_times[adapters[0].version] = start
         return adapters[0].version, loads
 
@@ -146,12 +157,14 @@ def run(cfg: Config, run_dir: Path) -> dict:
     bar = tqdm(range(cfg.learner.steps), desc="learner steps", unit="step")
     for step in bar:
         t0 = time.perf_counter()
-        queued = ray.get(pending)
+        reward_metrics = ray.get(pending)
+        queued = reward_metrics.pop("queued")
         time_split["wait_for_episodes"] += time.perf_counter() - t0
         if cfg.mode == "async" and step + 1 < cfg.learner.steps:
             pending = pipeline.generate(step + 1)  # generated while the learner trains
         t0 = time.perf_counter()
         metrics = pipeline.train(queued)
+        metrics.update(reward_metrics)
         time_split["train"] += time.perf_counter() - t0
         if (step + 1) % cfg.learner.publish_every == 0:
             t0 = time.perf_counter()

@@ -52,13 +52,20 @@ def step_advantages_for(rows: list[ReturnRow], omega: float, gamma: float) -> tu
 
 
 def samples_for(episodes: list[Episode], advantages: list[torch.Tensor]) -> list[Sample]:
-    """One sample per step that generated tokens."""
-    return [
+    """One sample per step that generated tokens, and one per answer token of the evaluator that the
+    reward stage attached (the calibration reward r_C, with its own advantage)."""
+    steps = [
         Sample(step.prompt_ids + step.action_ids, len(step.prompt_ids), list(step.action_logprobs), float(adv), step.policy_version)
         for episode, advs in zip(episodes, advantages, strict=True)
         for step, adv in zip(episode.steps, advs.tolist(), strict=True)
         if step.action_ids
     ]
+    answers = [
+        Sample(a.prompt_ids + [a.token_id], len(a.prompt_ids), [a.logprob], a.advantage, a.policy_version)
+        for episode in episodes
+        for a in episode.answer_samples
+    ]
+    return steps + answers
 
 
 def pack(samples: list[Sample], token_budget: int) -> list[list[Sample]]:

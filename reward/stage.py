@@ -1,48 +1,230 @@
-"""The reward stage: between the rollout actors and the learner queue.
+"""The reward stage: between the rollout actors and the learner queue (MISE.md, "Reward actually used").
 
-In ``env`` mode it passes the environment's rewards through as the per-step rewards. The MISE reward
-pool (hindsight self-evaluation, MI term, calibration) plugs in here with ``prm`` and ``mise`` modes.
-Failed episodes stop here: they are counted, never trained on.
+It takes finished episodes off the rollout queue, sends them in batches to the evaluator pool (reward
+actors, each with its own engine), turns the judgements into per-step rewards and puts the episodes
+into the learner queue. ``env`` mode passes the environment's rewards through unchanged.
+
+- One calibration state for the whole pool: the ridge maps are fitted before a batch (one ``pump``
+  call = one learner step) is scored, and the batch joins the fit's window only afterwards.
+- An evaluator call that fails or runs past ``reward.timeout_s`` degrades its episodes to env-only
+  reward: counted, logged with the reason, never blocking the pipeline.
+- Failed episodes (already counted by their rollout actor) stop here; they are never trained on.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import Counter
+
+import numpy as np
 import ray
 
-from core.episode import Episode
+from conf.schema import RewardConfig
+from core.episode import AnswerSample, Episode, SelfEvaluation
 from core.ledger import EpisodeLedger
+from reward.hindsight import HindsightSettings
+from reward.mise import (
+    RidgeCalibrator,
+    auroc,
+    brier_answer_advantages,
+    brier_reward,
+    brier_score,
+    expected_calibration_error,
+    r_squared,
+    self_eval_rewards,
+)
 
-MODES = ("env",)
+log = logging.getLogger(__name__)
+
+
+def hindsight_settings(cfg: RewardConfig) -> HindsightSettings:
+    """The prompts of the config; a null prompt keeps the built-in one."""
+    overrides = {
+        k: getattr(cfg, k) for k in ("system_prompt", "step_question", "outcome_question", "hindsight_header") if getattr(cfg, k) is not None
+    }
+    return HindsightSettings(max_observation_chars=cfg.max_observation_chars, **overrides)
 
 
 class RewardStage:
-    def __init__(self, mode: str = "env") -> None:
-        if mode not in MODES:
-            raise ValueError(f"reward.mode={mode!r} is not available; valid: {', '.join(MODES)}")
-        self.mode = mode
+    def __init__(self, cfg: RewardConfig, evaluators: list | None = None) -> None:
+        if cfg.mode != "env" and not evaluators:
+            raise ValueError(f"reward.mode={cfg.mode!r} needs at least one evaluator actor (reward.num_actors >= 1)")
+        self.cfg = cfg
+        self.evaluators = evaluators or []
+        self.calibrator = RidgeCalibrator(cfg.calibration_window, cfg.calibration_alpha, cfg.calibration_min_episodes)
         self.ledger = EpisodeLedger()
+        self.degraded_reasons: Counter[str] = Counter()
+        self._next_evaluator = 0
 
-    def score(self, episode: Episode) -> Episode:
-        for step in episode.steps:
-            step.step_reward = step.env_reward
-        return episode
-
-    def pump(self, rollout_queue, learner_queue, count: int) -> int:
-        """Take ``count`` episodes off the rollout queue; score the finished ones into the learner queue.
-        Returns how many went on; failed episodes (already counted as failed by their rollout actor) stop here."""
-        forwarded = 0
+    # --- the pump: one learner step's worth of episodes ---------------------------------------
+    def pump(self, rollout_queue, learner_queue, count: int) -> dict:
+        """Take ``count`` episodes off the rollout queue and forward the finished ones, scored, to the
+        learner queue. Returns ``queued`` (how many went on) and the step's reward metrics."""
+        batch = _BatchRecord(self.calibrator.maps() if self.cfg.mode != "env" else {})
+        pending: dict[ray.ObjectRef, tuple[list[Episode], float]] = {}
+        waiting: list[Episode] = []
         for _ in range(count):
             episode: Episode = rollout_queue.get()
             if episode.status != "finished":
                 continue
-            learner_queue.put(self.score(episode))
-            self.ledger.scored += 1
-            self.ledger.queued += 1
-            forwarded += 1
-        return forwarded
+            if self.cfg.mode == "env":
+                self._forward(episode, None, batch, learner_queue)
+                continue
+            waiting.append(episode)
+            if len(waiting) >= self.cfg.batch_episodes:
+                pending[self._submit(waiting)] = (waiting, time.monotonic())
+                waiting = []
+            self._collect(pending, batch, learner_queue, block=False)
+        if waiting:
+            pending[self._submit(waiting)] = (waiting, time.monotonic())
+        while pending:
+            self._collect(pending, batch, learner_queue, block=True)
+        for key, features, outcome in batch.fit_rows:
+            self.calibrator.add(key, features, outcome)
+        return {"queued": batch.forwarded, **batch.metrics()}
+
+    def _submit(self, episodes: list[Episode]) -> ray.ObjectRef:
+        evaluator = self.evaluators[self._next_evaluator % len(self.evaluators)]
+        self._next_evaluator += 1
+        return evaluator.evaluate.remote(episodes)
+
+    def _collect(self, pending: dict, batch: _BatchRecord, learner_queue, block: bool) -> None:
+        """Forward every finished evaluator call; with ``block``, wait for one (or its deadline)."""
+        timeout = 0.0
+        if block:
+            oldest = min(started for _, started in pending.values())
+            timeout = max(0.0, oldest + self.cfg.timeout_s - time.monotonic())
+        ready, _ = ray.wait(list(pending), num_returns=1 if block else len(pending), timeout=timeout)
+        for ref in ready:
+            episodes, _ = pending.pop(ref)
+            try:
+                judgements, tokens = ray.get(ref)
+            except Exception as error:  # the actor died or raised: these episodes keep their env reward
+                reason = f"evaluator failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                for episode in episodes:
+                    self._forward(episode, reason, batch, learner_queue)
+                continue
+            batch.pool_tokens += tokens
+            for episode, judgement in zip(episodes, judgements, strict=True):
+                if isinstance(judgement, str):
+                    self._forward(episode, judgement, batch, learner_queue)
+                else:
+                    episode.self_evaluation = judgement
+                    self._forward(episode, None, batch, learner_queue)
+        now = time.monotonic()
+        for ref in [r for r, (_, started) in pending.items() if now - started >= self.cfg.timeout_s]:
+            episodes, _ = pending.pop(ref)
+            ray.cancel(ref)
+            for episode in episodes:
+                self._forward(episode, f"evaluator call timed out after {self.cfg.timeout_s:.0f} s", batch, learner_queue)
+
+    def _forward(self, episode: Episode, degraded: str | None, batch: _BatchRecord, learner_queue) -> None:
+        if degraded is not None:
+            log.warning("episode %s gets env-only reward: %s", episode.episode_id, degraded)
+            episode.reward_note = degraded
+            self.ledger.degraded += 1
+            self.degraded_reasons[degraded.split(":")[0]] += 1
+            batch.degraded += 1
+        self.score(episode, batch)
+        learner_queue.put(episode)
+        self.ledger.scored += 1
+        self.ledger.queued += 1
+        batch.forwarded += 1
+
+    # --- rewards ---------------------------------------------------------------------------------
+    def calibration_key(self, episode: Episode) -> str:
+        return f"{episode.env}/{episode.task}" if self.cfg.calibration_per_task else episode.env
+
+    def features(self, judgement: SelfEvaluation) -> list[list[float]]:
+        """Per-step inputs of the calibration map: r_SE_t and/or r_MI_t."""
+        columns = []
+        if self.cfg.use_self_eval:
+            columns.append(self_eval_rewards(judgement.step_yes, self.cfg.eps))
+        if self.cfg.use_mi:
+            columns.append(judgement.mi)
+        return [list(row) for row in zip(*columns)]
+
+    def score(self, episode: Episode, batch: _BatchRecord | None = None) -> Episode:
+        """Per-step rewards: r_t = env_reward_t + lambda * dense_t (dense_t = 0 without a judgement)."""
+        judgement = episode.self_evaluation
+        dense = [0.0] * len(episode.steps)
+        if judgement is not None and self.cfg.mode == "prm":
+            dense = self_eval_rewards(judgement.step_yes, self.cfg.eps)
+        elif judgement is not None and self.cfg.mode == "mise":
+            features = self.features(judgement)
+            calibration = batch.maps.get(self.calibration_key(episode)) if batch else None
+            if calibration is not None:
+                dense = calibration.step_rewards(features)
+            if self.cfg.calibration_weight > 0:
+                episode.answer_samples = self.answer_samples(judgement, float(episode.success))
+        dense = [float(np.clip(d, -self.cfg.clip, self.cfg.clip)) for d in dense]
+        for step, d in zip(episode.steps, dense, strict=True):
+            step.step_reward = step.env_reward + self.cfg.dense_weight * d
+        if batch is not None and judgement is not None:
+            batch.record(self, episode, judgement, dense)
+        return episode
+
+    def answer_samples(self, judgement: SelfEvaluation, z: float) -> list[AnswerSample]:
+        """The Yes and No tokens of the outcome answer, with advantages that ascend r_C = -(q - z)^2."""
+        advantages = brier_answer_advantages(judgement.outcome_yes, z, self.cfg.calibration_weight)
+        return [
+            AnswerSample(judgement.outcome_prompt_ids, token, logprob, advantage, judgement.evaluator_version)
+            for token, logprob, advantage in zip(judgement.answer_ids, judgement.answer_logprobs, advantages)
+        ]
 
     def report(self) -> EpisodeLedger:
         return self.ledger
+
+    def calibration_state(self) -> dict:
+        return self.calibrator.state()
+
+
+class _BatchRecord:
+    """What one pump call saw, for the step's metrics and the calibration window."""
+
+    def __init__(self, maps: dict) -> None:
+        self.maps = maps
+        self.forwarded = self.degraded = self.pool_tokens = 0
+        self.values: dict[str, list[float]] = {"r_se": [], "r_mi": [], "dense": [], "r_c": []}
+        self.q: list[float] = []
+        self.z: list[int] = []
+        self.fit_rows: list[tuple[str, list[float], float]] = []
+        self.heldout: list[tuple[float, float]] = []  # (predicted, actual) outcome under the frozen maps
+
+    def record(self, stage: RewardStage, episode: Episode, judgement: SelfEvaluation, dense: list[float]) -> None:
+        self.values["r_se"] += self_eval_rewards(judgement.step_yes, stage.cfg.eps)
+        self.values["r_mi"] += judgement.mi
+        self.values["dense"] += dense
+        self.values["r_c"].append(brier_reward(judgement.outcome_yes, float(episode.success)))
+        self.q.append(judgement.outcome_yes)
+        self.z.append(int(episode.success))
+        key = stage.calibration_key(episode)
+        sums = [float(sum(column)) for column in zip(*stage.features(judgement))] or [0.0] * (stage.cfg.use_self_eval + stage.cfg.use_mi)
+        self.fit_rows.append((key, sums, episode.score))
+        if key in self.maps:
+            self.heldout.append((self.maps[key].predict(sums), episode.score))
+
+    def metrics(self) -> dict:
+        out: dict = {"reward/degraded_fraction": self.degraded / max(self.forwarded, 1)}
+        judged = self.forwarded - self.degraded
+        if judged and self.values["r_c"]:
+            out["reward/pool_tokens_per_episode"] = self.pool_tokens / judged
+        for name, values in self.values.items():
+            if values:
+                out[f"reward/{name}_mean"] = float(np.mean(values))
+                out[f"reward/{name}_std"] = float(np.std(values))
+        if self.q:
+            out["self_eval/auroc"] = auroc(self.q, self.z)
+            out["self_eval/ece"] = expected_calibration_error(self.q, self.z)
+            out["self_eval/brier"] = brier_score(self.q, self.z)
+        fits = [m.r2 for m in self.maps.values() if m.r2 is not None]
+        if fits:
+            out["calibration/r2_fit"] = float(np.mean(fits))
+        if len(self.heldout) >= 2:
+            predicted, actual = (np.array(c) for c in zip(*self.heldout))
+            out["calibration/r2_heldout"] = r_squared(predicted, actual)
+        return out
 
 
 RewardActor = ray.remote(RewardStage)

@@ -138,3 +138,33 @@ def test_bad_requests_are_clear_errors(engines, prompts):
         engines["hf"].score([[]], [[1]], [0])
     with pytest.raises(EngineError, match="temperature must be >= 0"):
         Sampling(temperature=-1)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_shared_prefix_questions_cost_the_prefix_once_and_change_nothing(engines, prompts, version):
+    """Many questions about one long episode: both engines give the same Yes/No and continuation
+    log-probs as scoring each prompt alone, and run the shared prefix about once (prefix cache / KV reuse)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(engines["hf"].model.config.name_or_path)
+    episode = tok("The agent went north, then east, then opened the chest. " * 40, add_special_tokens=False)["input_ids"]
+    questions = [tok(f" Question {i}: did step {i} help? Answer:", add_special_tokens=False)["input_ids"] for i in range(6)]
+    rows = [episode + q for q in questions]
+    candidates = [tok(" Yes", add_special_tokens=False)["input_ids"][0], tok(" No", add_special_tokens=False)["input_ids"][0]]
+    continuations = [prompts[i % len(prompts)][-5:] for i in range(len(rows))]
+    answers, scores, costs = {}, {}, {}
+    for kind, engine in engines.items():
+        before = engine.computed_tokens
+        answers[kind] = engine.next_token_logprobs(rows, candidates, [version] * len(rows))
+        scores[kind] = engine.score(rows, continuations, [version] * len(rows))
+        costs[kind] = engine.computed_tokens - before
+        alone = [engine.next_token_logprobs([r], candidates, [version])[0] for r in rows]
+        for shared, single in zip(answers[kind], alone):
+            assert max_diff(shared, single) < LOGPROB_TOL
+    for a, b in zip(answers["vllm"], answers["hf"]):
+        assert max_diff(a, b) < LOGPROB_TOL
+    for a, b in zip(scores["vllm"], scores["hf"]):
+        assert max_diff(a, b) < LOGPROB_TOL
+    unshared = 2 * sum(len(r) for r in rows)  # every question and every scored row from scratch
+    for kind, cost in costs.items():
+        assert cost < 0.5 * unshared, f"{kind} ran {cost} tokens for rows totalling {unshared}"

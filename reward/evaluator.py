@@ -1,0 +1,118 @@
+"""The self-evaluator: one inference engine that judges finished episodes in hindsight.
+
+A batch of episodes costs three engine calls: every step and outcome question (next-token Yes/No
+log-probs, no sampling), and the action tokens teacher-forced with and without the hindsight (MI).
+The evaluator follows the policy's adapter versions (the evaluator is the current policy) unless it is
+frozen to the base model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ray
+
+from core.adapter import AdapterWeights
+from core.episode import Episode, SelfEvaluation
+from reward.hindsight import HindsightPrompts, HindsightSettings
+from reward.mise import yes_probability
+
+
+class EvaluationError(ValueError):
+    """A value the evaluator produced for an episode is unusable (non-finite, prompt too long)."""
+
+
+class SelfEvaluator:
+    def __init__(self, engine_factory, model_dir: str, settings: HindsightSettings, follow_policy: bool, max_model_len: int) -> None:
+        from transformers import AutoTokenizer
+
+        self.engine = engine_factory()
+        self.prompts = HindsightPrompts(AutoTokenizer.from_pretrained(model_dir), settings)
+        self.follow_policy = follow_policy
+        self.max_model_len = max_model_len
+        self.version = 0
+
+    def load_adapter(self, adapter: AdapterWeights) -> None:
+        if self.follow_policy:
+            self.engine.load_adapter(adapter)
+            self.version = adapter.version
+
+    def evaluate(self, episodes: list[Episode]) -> tuple[list[SelfEvaluation | str], int]:
+        """One judgement per episode, or an error message naming the episode; and the tokens computed.
+
+        An episode whose prompts would not fit the engine gets an error and costs nothing; a non-finite
+        value is caught here, at its source, with the episode id.
+        """
+        before = self.engine.computed_tokens
+        results: list[SelfEvaluation | str | None] = [None] * len(episodes)
+        plans = []
+        for i, episode in enumerate(episodes):
+            try:
+                plans.append((i, self._plan(episode)))
+            except EvaluationError as error:
+                results[i] = str(error)
+        questions = [q for _, p in plans for q in p["questions"]]
+        with_h = [r for _, p in plans for r in p["with_hindsight"]]
+        without_h = [r for _, p in plans for r in p["without_hindsight"]]
+        actions = [a for _, p in plans for a in p["actions"]]
+        versions = [self.version]
+        answers = self.engine.next_token_logprobs(questions, self.prompts.answer_ids, versions * len(questions)) if questions else []
+        scored_with = self.engine.score(with_h, actions, versions * len(with_h)) if with_h else []
+        scored_without = self.engine.score(without_h, actions, versions * len(without_h)) if with_h else []
+        q_at = a_at = 0
+        for i, plan in plans:
+            episode, n_q, n_a = episodes[i], len(plan["questions"]), len(plan["actions"])
+            try:
+                results[i] = self._judgement(
+                    episode, plan, answers[q_at : q_at + n_q], scored_with[a_at : a_at + n_a], scored_without[a_at : a_at + n_a]
+                )
+            except EvaluationError as error:
+                results[i] = str(error)
+            q_at, a_at = q_at + n_q, a_at + n_a
+        return results, self.engine.computed_tokens - before  # type: ignore[return-value]
+
+    def _plan(self, episode: Episode) -> dict:
+        step_questions, outcome_question = self.prompts.questions(episode)
+        prefix = self.prompts.hindsight_prefix(episode)
+        acted = [s for s in episode.steps if s.action_ids]
+        plan = {
+            "questions": step_questions + [outcome_question],
+            "with_hindsight": [prefix + s.prompt_ids for s in acted],
+            "without_hindsight": [s.prompt_ids for s in acted],
+            "actions": [s.action_ids for s in acted],
+        }
+        lengths = [len(q) + 1 for q in plan["questions"]] + [len(p) + len(a) for p, a in zip(plan["with_hindsight"], plan["actions"])]
+        longest = max(lengths)
+        if longest >= self.max_model_len:
+            raise EvaluationError(
+                f"episode {episode.episode_id}: a hindsight prompt has {longest} tokens, over engine.max_model_len={self.max_model_len}"
+            )
+        return plan
+
+    def _judgement(self, episode: Episode, plan: dict, answers, scored_with, scored_without) -> SelfEvaluation:
+        step_yes = [yes_probability(y, n) for y, n in answers[:-1]]
+        outcome_logprobs = list(answers[-1])
+        with_iter, without_iter = iter(scored_with), iter(scored_without)
+        mi = []
+        for step in episode.steps:  # a step without generated tokens has no action to score: MI 0
+            mi.append(sum(next(with_iter)) - sum(next(without_iter)) if step.action_ids else 0.0)
+        values = {"P(Yes) of a step question": step_yes, "MI term": mi, "outcome answer log-prob": outcome_logprobs}
+        for name, numbers in values.items():
+            bad = [x for x in numbers if not math.isfinite(x)]
+            if bad:
+                raise EvaluationError(f"episode {episode.episode_id}: non-finite {name} ({bad[0]}) at evaluator version {self.version}")
+        return SelfEvaluation(
+            evaluator_version=self.version,
+            step_yes=step_yes,
+            mi=mi,
+            outcome_yes=yes_probability(*outcome_logprobs),
+            outcome_prompt_ids=plan["questions"][-1],
+            answer_ids=list(self.prompts.answer_ids),
+            answer_logprobs=outcome_logprobs,
+        )
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+EvaluatorActor = ray.remote(SelfEvaluator)

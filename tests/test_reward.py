@@ -1,0 +1,204 @@
+"""The reward pool on real engines: hindsight prompts, the evaluator's signals, the reward stage's modes,
+calibration without leakage, and degradation when an evaluator fails (faults injected on purpose)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+
+from actors.engine import Sampling
+from actors.prompting import PromptSettings
+from actors.rollout import EpisodeSpec, RolloutWorker
+from conf.schema import RewardConfig
+from envs.corridor import CorridorEnv
+from reward.evaluator import SelfEvaluator
+from reward.hindsight import HindsightPrompts, HindsightSettings
+from reward.mise import yes_probability
+
+pytestmark = pytest.mark.slow
+VARIATIONS = {"train": 100, "valid": 10, "test": 10}
+
+
+class HFFactory:
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+
+    def __call__(self):
+        from actors.hf_engine import HFEngine
+
+        return HFEngine(self.model_dir, max_versions=2, dtype="float32", num_threads=2)
+
+
+class VLLMFactory(HFFactory):
+    def __call__(self):
+        from actors.vllm_engine import VLLMEngine
+
+        return VLLMEngine(self.model_dir, max_versions=2, dtype="float32", max_model_len=2048)
+
+
+def corridor():
+    return CorridorEnv([1], VARIATIONS, max_steps=4)
+
+
+@pytest.fixture(scope="module")
+def episodes(warm_model_dir):
+    """Real corridor episodes of the warm-started tiny model: some won, some lost."""
+    worker = RolloutWorker(0, HFFactory(warm_model_dir), corridor, warm_model_dir, 8,
+                           Sampling(temperature=1.0, max_tokens=8), PromptSettings(history_window=0), max_model_len=2048)  # fmt: skip
+    played = worker.run([EpisodeSpec("corridor-1", v % 6) for v in range(24)])
+    assert {e.success for e in played} == {True, False}
+    return played
+
+
+@pytest.fixture(scope="module")
+def evaluator(warm_model_dir):
+    return SelfEvaluator(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), follow_policy=True, max_model_len=2048)
+
+
+def fresh(episodes):
+    return [copy.deepcopy(e) for e in episodes]
+
+
+def test_questions_share_the_episode_as_prefix(evaluator, episodes, warm_model_dir):
+    from transformers import AutoTokenizer
+
+    prompts = evaluator.prompts
+    tokenizer = AutoTokenizer.from_pretrained(warm_model_dir)
+    assert [tokenizer.decode([t]).strip() for t in prompts.answer_ids] == ["Yes", "No"]
+    episode = max(episodes, key=lambda e: len(e.steps))
+    steps, outcome = prompts.questions(episode)
+    assert len(steps) == len(episode.steps)
+    shared = min(next((i for i, (a, b) in enumerate(zip(p, outcome)) if a != b), len(p)) for p in steps)
+    transcript = tokenizer.decode(outcome[:shared])
+    assert episode.goal in transcript and f"Step {len(episode.steps)}:" in transcript
+    assert "Outcome:" not in tokenizer.decode(outcome)  # q is judged from the transcript alone
+    assert all("Outcome:" in tokenizer.decode(p[shared:]) for p in steps)
+    assert max(len(p) - shared for p in steps) < 90  # what a question adds is short: cost ~ linear in T
+
+
+def test_evaluator_signals_equal_direct_engine_calls(evaluator, episodes):
+    batch = fresh(episodes[:4])
+    judgements, tokens = evaluator.evaluate(batch)
+    engine, prompts = evaluator.engine, evaluator.prompts
+    for episode, judgement in zip(batch, judgements):
+        assert judgement.evaluator_version == 0 and len(judgement.step_yes) == len(judgement.mi) == len(episode.steps)
+        steps, outcome = prompts.questions(episode)
+        for question, p in zip(steps + [outcome], judgement.step_yes + [judgement.outcome_yes]):
+            y, n = engine.next_token_logprobs([question], prompts.answer_ids, [0])[0]
+            assert p == pytest.approx(yes_probability(y, n), abs=1e-5) and 0 < p < 1
+        prefix = prompts.hindsight_prefix(episode)
+        for step, mi in zip(episode.steps, judgement.mi):
+            with_h = engine.score([prefix + step.prompt_ids], [step.action_ids], [0])[0]
+            without_h = engine.score([step.prompt_ids], [step.action_ids], [0])[0]
+            assert mi == pytest.approx(sum(with_h) - sum(without_h), abs=1e-4)
+    assert tokens > 0
+
+
+def test_non_finite_values_are_caught_with_the_episode_id(warm_model_dir, episodes):
+    class CorruptingEngine(HFFactory):  # injected fault: the engine returns NaN for every Yes/No
+        def __call__(self):
+            engine = super().__call__()
+            engine.next_token_logprobs = lambda prompts, candidates, versions: [[math.nan, -1.0] for _ in prompts]
+            return engine
+
+    evaluator = SelfEvaluator(CorruptingEngine(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
+    batch = fresh(episodes[:2])
+    judgements, _ = evaluator.evaluate(batch)
+    for episode, judgement in zip(batch, judgements):
+        assert isinstance(judgement, str) and episode.episode_id in judgement and "non-finite" in judgement
+
+
+def test_too_long_episodes_are_refused_not_truncated(evaluator, episodes):
+    short = SelfEvaluator.__new__(SelfEvaluator)
+    short.__dict__.update(evaluator.__dict__, max_model_len=300)
+    judgements, tokens = short.evaluate(fresh(episodes[:1]))
+    assert "over engine.max_model_len=300" in judgements[0] and tokens == 0
+
+
+def pump(stage, batch):
+    from ray.util.queue import Queue
+
+    rollout_q, learner_q = Queue(), Queue()
+    for e in batch:
+        rollout_q.put(e)
+    result = stage.pump(rollout_q, learner_q, len(batch))
+    return result, [learner_q.get() for _ in range(result["queued"])]
+
+
+def test_env_mode_reproduces_env_rewards_exactly(ray_local, episodes):
+    from learner.samples import return_rows
+    from reward.stage import RewardStage
+
+    result, out = pump(RewardStage(RewardConfig(mode="env")), fresh(episodes))
+    assert result["queued"] == len(episodes)
+    for episode in out:
+        assert [s.step_reward for s in episode.steps] == [s.env_reward for s in episode.steps]
+        assert episode.answer_samples == [] and episode.self_evaluation is None
+    assert [row[2] for row in return_rows(out)] == [[s.env_reward for s in e.steps] for e in out]
+
+
+def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray_local, episodes, warm_model_dir):
+    import ray
+
+    from reward.evaluator import EvaluatorActor
+    from reward.stage import RewardStage
+
+    cfg = RewardConfig(mode="mise", calibration_min_episodes=4, calibration_window=64, calibration_alpha=1e-3, batch_episodes=3)
+    actor = EvaluatorActor.options(num_cpus=0).remote(VLLMFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
+    stage = RewardStage(cfg, [actor])
+    first, second, third = fresh(episodes[:8]), fresh(episodes[8:16]), fresh(episodes[16:])
+
+    metrics, out = pump(stage, first)
+    assert metrics["queued"] == 8 and metrics["reward/degraded_fraction"] == 0
+    for episode in out:  # no map before the first batch: env reward, but the evaluator's answer is trained
+        assert [s.step_reward for s in episode.steps] == [s.env_reward for s in episode.steps]
+        assert [a.token_id for a in episode.answer_samples] == episode.self_evaluation.answer_ids
+    for key in ("self_eval/auroc", "self_eval/ece", "self_eval/brier", "reward/r_se_mean", "reward/r_mi_std", "reward/pool_tokens_per_episode"):
+        assert metrics[key] is not None and math.isfinite(metrics[key]), key
+
+    before = stage.calibrator.maps()["corridor"]
+    assert before.num_episodes == 8
+    metrics, out = pump(stage, second)
+    assert "calibration/r2_fit" in metrics and "calibration/r2_heldout" in metrics
+    leaked = stage.calibrator.maps()["corridor"]  # now fitted on both batches
+    assert leaked.num_episodes == 16
+    for episode in out:
+        features = stage.features(episode.self_evaluation)
+        expected = [s.env_reward + cfg.dense_weight * d for s, d in zip(episode.steps, before.step_rewards(features))]
+        assert [s.step_reward for s in episode.steps] == pytest.approx(expected)
+    assert any(
+        [s.step_reward for s in e.steps] != pytest.approx([s.env_reward + d for s, d in zip(e.steps, leaked.step_rewards(stage.features(e.self_evaluation)))])
+        for e in out
+    )  # a fit that had seen the batch would have given other rewards
+
+    ray.kill(actor)  # injected fault: the only evaluator dies
+    metrics, out = pump(stage, third)
+    assert metrics["queued"] == len(third) and metrics["reward/degraded_fraction"] == 1.0
+    for episode in out:
+        assert "evaluator failed" in episode.reward_note
+        assert [s.step_reward for s in episode.steps] == [s.env_reward for s in episode.steps]
+    ledger = stage.report()
+    assert ledger.scored == ledger.queued == 24 and ledger.degraded == len(third)
+
+
+class SlowEvaluator(SelfEvaluator):
+    def evaluate(self, episodes):  # injected fault: a call that hangs
+        time.sleep(60)
+        return super().evaluate(episodes)
+
+
+def test_a_hanging_evaluator_times_out_and_the_episodes_keep_env_reward(ray_local, episodes, warm_model_dir):
+    import ray
+
+    from reward.stage import RewardStage
+
+    actor = ray.remote(SlowEvaluator).options(num_cpus=0).remote(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
+    stage = RewardStage(RewardConfig(mode="prm", timeout_s=3.0, batch_episodes=4), [actor])
+    start = time.monotonic()
+    metrics, out = pump(stage, fresh(episodes[:4]))
+    assert time.monotonic() - start < 30
+    assert metrics["reward/degraded_fraction"] == 1.0 and all("timed out after 3 s" in e.reward_note for e in out)
+    ray.kill(actor)
