@@ -32,7 +32,8 @@ class EnvConfig:
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # a Hugging Face model directory; None = the embedded SmolLM2-135M-Instruct
+    path: str | None = None  # a Hugging Face model directory; None = the built-in model ``builtin``
+    builtin: str = "smollm2"  # smollm2: the embedded SmolLM2-135M-Instruct | tiny-corridor: launch/tiny_model.py
     dtype: str = "bfloat16"
 
 
@@ -144,6 +145,7 @@ ENV_NAMES = ("textworld", "corridor")
 ENGINE_KINDS = ("vllm", "hf")
 REWARD_MODES = ("env", "prm", "mise")
 EVALUATORS = ("policy", "base")
+BUILTIN_MODELS = ("smollm2", "tiny-corridor")
 MODES = ("sync", "async")
 DTYPES = ("bfloat16", "float16", "float32")
 SPLITS = ("train", "valid", "test")
@@ -177,6 +179,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         _check(Path(m.path).is_dir(), "model.path", m.path, "an existing Hugging Face model directory (or null for the embedded model)")
         _check((Path(m.path) / "config.json").exists(), "model.path", m.path, "a directory holding config.json")
     _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"one of {DTYPES}")
+    _check(m.builtin in BUILTIN_MODELS, "model.builtin", m.builtin, f"one of {BUILTIN_MODELS}")
+    if m.path is None and m.builtin == "tiny-corridor":
+        _check(e.name == "corridor", "model.builtin", m.builtin, "used with env=corridor only (it is warm-started on corridor prompts)")
     _check(g.kind in ENGINE_KINDS, "engine.kind", g.kind, f"one of {ENGINE_KINDS}")
     _check(g.max_model_len >= 256, "engine.max_model_len", g.max_model_len, "an integer >= 256")
     _check(g.max_lora_rank >= 1, "engine.max_lora_rank", g.max_lora_rank, "an integer >= 1")

@@ -21,6 +21,11 @@ ACTOR_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
 def resolve_model_dir(cfg: Config) -> str:
     if cfg.model.path:
         return cfg.model.path
+    if cfg.model.builtin == "tiny-corridor":
+        from launch.tiny_model import ensure_tiny_corridor_model
+
+        longest = max(int(task.split("-")[1]) for task in cfg.env.tasks)
+        return str(ensure_tiny_corridor_model(longest, cfg.rollout.history_window))
     from launch.prepare_model import ensure_embedded_model
 
     return str(ensure_embedded_model())

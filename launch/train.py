@@ -93,7 +93,7 @@ class Pipeline:
         shares = [num_episodes // world + (r < num_episodes % world) for r in range(world)]
         results = ray.get([l.train_from_queue.remote(self.learner_queue, n) for l, n in zip(self.learners, shares)])
         merged = dict(results[0])
-        for key in ("episodes", "successes", "trained_episodes", "dropped_stale", "samples", "action_tokens", "train_tokens"):
+        for key in ("episodes", "successes", "trained_episodes", "env_steps", "dropped_stale", "samples", "action_tokens", "train_tokens"):
             merged[key] = sum(r[key] for r in results)
         merged["train_s"] = max(r["train_s"] for r in results)
         merged["success_rate"] = merged["successes"] / max(merged["episodes"], 1)
@@ -124,6 +124,12 @@ class Pipeline:
     def checkpoint(self, directory: Path) -> None:
         ray.get([l.save_checkpoint.remote(str(directory)) for l in self.learners])
 
+    def close(self) -> None:
+        for actor in self.actors + self.evaluators + self.learners + [self.reward]:
+            ray.kill(actor)
+        self.rollout_queue.shutdown()
+        self.learner_queue.shutdown()
+
 
 def first_token_latencies(pipeline: Pipeline) -> dict[int, float]:
     """publish -> first token generated on that version, over all actors (seconds)."""
@@ -144,6 +150,13 @@ def run(cfg: Config, run_dir: Path) -> dict:
     prepare_env_assets(cfg, eval_specs)
     wall_start = time.perf_counter()
     pipeline = Pipeline(cfg, model_dir)
+    try:
+        return train_loop(cfg, run_dir, pipeline, eval_specs, wall_start)
+    finally:
+        pipeline.close()  # a Hydra multirun starts the next run in this process and Ray instance
+
+
+def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list, wall_start: float) -> dict:
     evaluations = {"before": pipeline.evaluate(eval_specs)} if eval_specs else {}
 
     from torch.utils.tensorboard import SummaryWriter
@@ -218,12 +231,18 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
         "episodes_trained": ledger.trained,
         "episodes_dropped": dict(ledger.dropped),
         "success_rate_by_step": [h["success_rate"] for h in history],
+        "env_steps_by_step": [h["env_steps"] for h in history],
+        "reward_by_step": [{k: v for k, v in h.items() if k.split("/")[0] in ("reward", "self_eval", "calibration")} for h in history],
         "mean_score_by_step": [h["return_mean"] for h in history],
         "wall_s": wall_s,
         "time_split_s": {"generate (actor sum)": generate_s, "env (actor sum)": env_s, **time_split},
         "publish_to_first_token_s": first_token_latencies(pipeline),
         "ledger": ledger.as_dict(),
     }
+
+
+def _format_reward(metrics: dict) -> str:
+    return ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -239,6 +258,7 @@ def main(dict_cfg: DictConfig) -> dict:
         f"publish -> first token on the new version (s): "
         f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
         + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
+        + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")
         + f"ledger {summary['ledger']}\nrun dir {run_dir}"
     )
     return summary

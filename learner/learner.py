@@ -114,6 +114,7 @@ class Learner:
             "episodes": len(episodes),
             "successes": sum(e.success for e in episodes),
             "trained_episodes": len(fresh),
+            "env_steps": sum(len(e.steps) for e in episodes),
             "dropped_stale": stale,
             "samples": len(samples),
             "micro_batches": len(bins),
