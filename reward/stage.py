@@ -46,6 +46,15 @@ def hindsight_settings(cfg: RewardConfig) -> HindsightSettings:
     return HindsightSettings(max_observation_chars=cfg.max_observation_chars, **overrides)
 
 
+def answer_samples(judgement: SelfEvaluation, z: float, weight: float) -> list[AnswerSample]:
+    """The Yes and No tokens of the outcome answer, with advantages that ascend r_C = -(q - z)^2."""
+    advantages = brier_answer_advantages(judgement.outcome_yes, z, weight)
+    return [
+        AnswerSample(judgement.outcome_prompt_ids, token, logprob, advantage, judgement.evaluator_version)
+        for token, logprob, advantage in zip(judgement.answer_ids, judgement.answer_logprobs, advantages)
+    ]
+
+
 class RewardStage:
     def __init__(self, cfg: RewardConfig, evaluators: list | None = None) -> None:
         if cfg.mode != "env" and not evaluators:
@@ -157,21 +166,13 @@ class RewardStage:
             if calibration is not None:
                 dense = calibration.step_rewards(features)
             if self.cfg.calibration_weight > 0:
-                episode.answer_samples = self.answer_samples(judgement, float(episode.success))
+                episode.answer_samples = answer_samples(judgement, float(episode.success), self.cfg.calibration_weight)
         dense = [float(np.clip(d, -self.cfg.clip, self.cfg.clip)) for d in dense]
         for step, d in zip(episode.steps, dense, strict=True):
             step.step_reward = step.env_reward + self.cfg.dense_weight * d
         if batch is not None and judgement is not None:
             batch.record(self, episode, judgement, dense)
         return episode
-
-    def answer_samples(self, judgement: SelfEvaluation, z: float) -> list[AnswerSample]:
-        """The Yes and No tokens of the outcome answer, with advantages that ascend r_C = -(q - z)^2."""
-        advantages = brier_answer_advantages(judgement.outcome_yes, z, self.cfg.calibration_weight)
-        return [
-            AnswerSample(judgement.outcome_prompt_ids, token, logprob, advantage, judgement.evaluator_version)
-            for token, logprob, advantage in zip(judgement.answer_ids, judgement.answer_logprobs, advantages)
-        ]
 
     def report(self) -> EpisodeLedger:
         return self.ledger

@@ -41,6 +41,11 @@ def test_default_config_is_valid():
         ("rollout.max_tokens=5000", "rollout.max_tokens=5000"),
         ("learner.staleness=-1", "learner.staleness=-1"),
         ("reward.mode=magic", "reward.mode='magic'"),
+        ("reward.eps=0", "reward.eps=0"),
+        ("reward.evaluator=oracle", "reward.evaluator='oracle'"),
+        ("reward.calibration_window=4", "reward.calibration_window=4"),
+        ("reward.step_question='Was it good?'", "reward.step_question='Was it good?'"),
+        ("model.builtin=gpt5", "model.builtin='gpt5'"),
         ("episodes=10", "episodes=10"),
     ],
 )
@@ -60,3 +65,25 @@ def test_unknown_keys_and_wrong_types_are_rejected_by_hydra(override):
 def test_corridor_group_switches_the_env():
     cfg = load("env=corridor", "engine=hf")
     assert cfg.env.name == "corridor" and cfg.env.tasks == ["corridor-3"] and cfg.engine.kind == "hf"
+
+
+def test_reward_presets_and_the_cross_field_rules():
+    cfg = load("reward=mise")
+    assert cfg.reward.mode == "mise" and cfg.reward.use_mi and cfg.reward.calibration_weight > 0
+    assert load("reward=prm").reward.mode == "prm"
+    # Training the evaluator's answer needs log-probs at temperature 1 on both sides.
+    with pytest.raises(ConfigError, match="rollout.temperature=0.7"):
+        load("reward=mise", "rollout.temperature=0.7")
+    assert load("reward=mise", "rollout.temperature=0.7", "reward.calibration_weight=0").reward.calibration_weight == 0
+    with pytest.raises(ConfigError, match="reward.use_mi=False"):
+        load("reward=mise", "reward.use_self_eval=false", "reward.use_mi=false")
+    with pytest.raises(ConfigError, match="model.builtin='tiny-corridor'"):
+        load("model=tiny_corridor")  # warm-started on corridor prompts, not TextWorld
+
+
+def test_experiment_presets_compose():
+    cfg = load("experiment=corridor_ablation", "reward=mise")
+    assert cfg.env.name == "corridor" and cfg.model.builtin == "tiny-corridor" and cfg.engine.kind == "hf"
+    assert cfg.reward.mode == "mise" and cfg.learner.omega == 1.0
+    cfg = load("experiment=textworld_ablation", "reward=prm")
+    assert cfg.env.name == "textworld" and cfg.reward.mode == "prm" and cfg.learner.omega == 1.0

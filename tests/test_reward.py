@@ -202,3 +202,34 @@ def test_a_hanging_evaluator_times_out_and_the_episodes_keep_env_reward(ray_loca
     assert time.monotonic() - start < 30
     assert metrics["reward/degraded_fraction"] == 1.0 and all("timed out after 3 s" in e.reward_note for e in out)
     ray.kill(actor)
+
+
+def test_training_on_the_calibration_reward_makes_the_evaluator_more_right(ray_local, episodes, warm_model_dir):
+    """The answer samples alone (no action tokens), through the real DeepSpeed learner and adapter
+    publishing: the evaluator's Brier score on these episodes' outcomes goes down."""
+    import dataclasses
+
+    from conf.schema import Config, EnvConfig, LearnerConfig, ModelConfig
+    from launch.train import make_learners
+    from reward.stage import answer_samples
+
+    cfg = Config(env=EnvConfig(name="corridor", tasks=["corridor-1"]), model=ModelConfig(path=warm_model_dir, dtype="float32"),
+                 learner=LearnerConfig(lr=1e-2, bf16_autocast=False))  # fmt: skip
+    (learner,) = make_learners(cfg, warm_model_dir)
+    evaluator = SelfEvaluator(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), follow_policy=True, max_model_len=2048)
+
+    def judge():
+        judgements, _ = evaluator.evaluate(fresh(episodes))
+        return judgements, sum((j.outcome_yes - e.success) ** 2 for j, e in zip(judgements, episodes)) / len(episodes)
+
+    judgements, before = judge()
+    for _ in range(5):
+        answers_only = [
+            dataclasses.replace(e, steps=[], answer_samples=answer_samples(j, float(e.success), weight=1.0))
+            for e, j in zip(episodes, judgements)
+        ]
+        ray_local.get(learner.train_step.remote(answers_only))
+        evaluator.load_adapter(ray_local.get(learner.publish.remote()))
+        judgements, after = judge()
+    print(f"evaluator Brier on {len(episodes)} outcomes: before {before:.3f}, after 5 steps {after:.3f}")
+    assert evaluator.version == 5 and after < before - 0.02

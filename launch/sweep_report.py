@@ -1,0 +1,148 @@
+"""Collect a sweep's run dirs into one results table (markdown) and one learning-curve plot (PNG).
+
+    python -m launch.sweep_report runs/ablation_corridor            # writes results.md and curves.png there
+
+Runs are grouped by ``reward.mode`` (the other overrides of a sweep, such as the seed, are repeats).
+Per mode: held-out success before and after training and the training success at the end (mean and
+std over seeds), and the env steps each run needed to reach the ``env`` mode's final training success;
+the self-evaluation quality and the calibration fit of the last steps; reward-pool cost and wall time.
+The plot shows training success (moving average over 3 learner steps) against env steps, mean and
+spread (min to max over seeds) per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+SMOOTH = 3  # learner steps in the moving average of the training success
+
+
+def load_runs(root: Path) -> list[dict]:
+    runs = []
+    for summary_file in sorted(root.rglob("summary.json")):
+        run_dir = summary_file.parent
+        if not (run_dir / "metrics.jsonl").exists():  # not a training run (launch.rollout writes a summary too)
+            continue
+        config = OmegaConf.load(run_dir / "config.yaml")
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        runs.append({"dir": run_dir, "mode": config.reward.mode, "seed": config.seed, "summary": json.loads(summary_file.read_text()), "metrics": metrics})
+    if not runs:
+        raise SystemExit(f"no finished runs (summary.json) under {root}")
+    return runs
+
+
+def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative env steps and the moving-average training success after each learner step."""
+    steps = np.cumsum([m["env_steps"] for m in run["metrics"]])
+    success = np.array([m["success_rate"] for m in run["metrics"]])
+    smooth = np.array([success[max(0, i - SMOOTH + 1) : i + 1].mean() for i in range(len(success))])
+    return steps, smooth
+
+
+def steps_to_reach(run: dict, target: float) -> int | None:
+    steps, smooth = curve(run)
+    hit = np.nonzero(smooth >= target)[0]
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def _mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def _last(run: dict, key: str, count: int = 3) -> float | None:
+    values = [m[key] for m in run["metrics"][-count:] if m.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def table(runs: list[dict]) -> str:
+    by_mode: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_mode[run["mode"]].append(run)
+    baseline = by_mode.get("env", [])
+    target = float(np.mean([curve(r)[1][-1] for r in baseline])) if baseline else None
+    lines = [
+        f"Target for 'env steps to reach': the env-only runs' final training success "
+        f"({'%.3f' % target if target is not None else 'no env-only runs'}, moving average over {SMOOTH} steps, mean over seeds).",
+        "",
+        "| reward mode | seeds | held-out success before | after | training success, last 3 steps | env steps to reach target (per seed) "
+        "| outcome AUROC (last 3) | Brier (last 3) | calibration R² held-out (last 3) | degraded | pool tokens / episode | wall s |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in ("env", "prm", "mise"):
+        group = sorted(by_mode.get(mode, []), key=lambda r: r["seed"])
+        if not group:
+            continue
+        evaluation = [r["summary"].get("evaluation", {}) for r in group]
+        reach = [steps_to_reach(r, target) if target is not None else None for r in group]
+        lines.append(
+            "| " + " | ".join([
+                mode,
+                str(len(group)),
+                _mean_std([e["before"]["success_rate"] if "before" in e else None for e in evaluation]),
+                _mean_std([e["after"]["success_rate"] if "after" in e else None for e in evaluation]),
+                _mean_std([_last(r, "success_rate") for r in group]),
+                ", ".join("not reached" if s is None else str(s) for s in reach),
+                _mean_std([_last(r, "self_eval/auroc") for r in group]),
+                _mean_std([_last(r, "self_eval/brier") for r in group]),
+                _mean_std([_last(r, "calibration/r2_heldout") for r in group]),
+                _mean_std([_last(r, "reward/degraded_fraction", count=len(r["metrics"])) for r in group]),
+                _mean_std([_last(r, "reward/pool_tokens_per_episode", count=len(r["metrics"])) for r in group]),
+                f"{np.mean([r['summary']['wall_s'] for r in group]):.0f}",
+            ]) + " |"
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    by_mode: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_mode[run["mode"]].append(run)
+    for mode, color in (("env", "tab:gray"), ("prm", "tab:orange"), ("mise", "tab:blue")):
+        group = by_mode.get(mode)
+        if not group:
+            continue
+        length = min(len(r["metrics"]) for r in group)
+        steps = np.mean([curve(r)[0][:length] for r in group], axis=0)
+        values = np.array([curve(r)[1][:length] for r in group])
+        ax.plot(steps, values.mean(axis=0), color=color, label=f"{mode} (n={len(group)})")
+        ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.18)
+    ax.set_xlabel("env steps (cumulative, training episodes)")
+    ax.set_ylabel(f"training success (moving avg, {SMOOTH} steps)")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args()
+    runs = load_runs(args.sweep_dir)
+    text = table(runs)
+    (args.sweep_dir / "results.md").write_text(text)
+    plot(runs, args.sweep_dir / "curves.png", args.title or f"reward modes: {args.sweep_dir.name}")
+    print(text + f"\nwrote {args.sweep_dir / 'results.md'} and {args.sweep_dir / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()
