@@ -8,6 +8,7 @@ Ray; ``RolloutActor`` is its Ray shell.
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 import uuid
@@ -59,6 +60,36 @@ class ThroughputStats:
         return ThroughputStats(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
 
 
+class EnvTimeout(RuntimeError):
+    """An env call did not return within ``env_step_timeout_s``."""
+
+
+def call_with_timeout(fn: Callable, timeout_s: float):
+    """``fn()``, or EnvTimeout if it has not returned after ``timeout_s`` (0: wait forever).
+
+    The call runs in a daemon thread: a hung env cannot be interrupted from Python, so the worker
+    closes it (for ScienceWorld that kills its JVM, which ends the call) and gives up on the thread.
+    """
+    if not timeout_s:
+        return fn()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name="env-call")
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise EnvTimeout(f"no answer within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 class RolloutWorker:
     def __init__(
         self,
@@ -70,7 +101,12 @@ class RolloutWorker:
         sampling: Sampling,
         prompt: PromptSettings,
         max_model_len: int,
+        env_step_timeout_s: float = 0.0,
+        max_episode_retries: int = 0,
     ) -> None:
+        """A crashed, dead or hung env (a step slower than ``env_step_timeout_s``; 0: no limit) is
+        replaced, and its episode is played again from the start up to ``max_episode_retries`` times;
+        the failed attempts are counted and kept for the report, never trained on."""
         from transformers import AutoTokenizer
 
         self.worker_id = worker_id
@@ -81,6 +117,9 @@ class RolloutWorker:
         self.sampling = sampling
         self.prompt = prompt
         self.max_model_len = max_model_len
+        self.env_step_timeout_s = env_step_timeout_s
+        self.max_episode_retries = max_episode_retries
+        self.failed_attempts: deque[Episode] = deque(maxlen=100)  # the latest retried attempts, for the report
         self.policy_version = 0
         self.ledger = EpisodeLedger()
         self.stats = ThroughputStats()
@@ -111,20 +150,33 @@ class RolloutWorker:
         return count
 
     def _play(self, specs: list[EpisodeSpec]) -> Iterator[Episode]:
-        """Keep every env slot busy until all specs are played; yield episodes as they end."""
-        pending = deque(specs)
+        """Keep every env slot busy until all specs are played; yield one episode per spec as it ends
+        (finished, or failed after its last retry)."""
+        pending: deque[tuple[EpisodeSpec, int]] = deque((spec, 0) for spec in specs)  # (spec, attempt)
+        attempts: dict[str, tuple[EpisodeSpec, int]] = {}  # episode id -> what it is playing
         while pending or any(s.episode for s in self.slots):
+            ended: list[Episode] = []
             for slot in self.slots:
                 if slot.episode is None and pending:
-                    failed = self._start(slot, pending.popleft())
-                    if failed:
-                        yield failed
+                    spec, attempt = pending.popleft()
+                    episode = self._start(slot, spec)
+                    attempts[episode.episode_id] = (spec, attempt)
+                    if episode.status == "failed":
+                        ended.append(episode)
             active = [s for s in self.slots if s.episode is not None]
             if active:
-                yield from self._turn(active)
+                ended += self._turn(active)
+            for episode in ended:
+                spec, attempt = attempts.pop(episode.episode_id)
+                if episode.status == "failed" and episode.failure_reason.startswith("env_") and attempt < self.max_episode_retries:
+                    self.failed_attempts.append(episode)
+                    self.ledger.retried += 1
+                    pending.appendleft((spec, attempt + 1))  # the same (task, variation): the group stays whole
+                else:
+                    yield episode
 
-    def _start(self, slot: _Slot, spec: EpisodeSpec) -> Episode | None:
-        """Reset the slot's env for a new episode; returns the episode only if it failed at once."""
+    def _start(self, slot: _Slot, spec: EpisodeSpec) -> Episode:
+        """Reset the slot's env for a new episode (status "failed" if the env broke doing it)."""
         self.ledger.started += 1
         episode = Episode(
             episode_id=f"w{self.worker_id}-{uuid.uuid4().hex[:12]}",
@@ -133,17 +185,17 @@ class RolloutWorker:
         )  # fmt: skip
         start = time.perf_counter()
         try:
-            reset = slot.env.reset(spec.task, spec.variation, spec.split)
+            reset = call_with_timeout(lambda: slot.env.reset(spec.task, spec.variation, spec.split), self.env_step_timeout_s)
         except EnvError:
             self.ledger.started -= 1  # bad input is the caller's error, not an episode of the run
             raise
         except Exception as exc:  # the env itself broke: record, replace the instance, go on
-            return self._fail(slot, episode, "env_reset_error", exc)
+            return self._fail(slot, episode, "env_timeout" if isinstance(exc, EnvTimeout) else "env_reset_error", exc)
         episode.timings["env_s"] += time.perf_counter() - start
         episode.goal, episode.first_observation = reset.goal, reset.observation
         slot.episode, slot.history, slot.version = episode, [], self.policy_version
         slot.observation, slot.admissible = reset.observation, reset.info.get("admissible_actions")
-        return None
+        return episode
 
     def _prompt_ids(self, slot: _Slot) -> list[int]:
         assert slot.episode is not None
@@ -182,10 +234,11 @@ class RolloutWorker:
             reply = self.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
             parsed = parse_action(reply, generation.finish_reason == "length", self.prompt)
             start = time.perf_counter()
+            env, action, invalid = slot.env, parsed.action, parsed.invalid_reason
             try:
-                result = slot.env.step(parsed.action) if parsed.invalid_reason is None else slot.env.step_invalid(parsed.invalid_reason)
-            except Exception as exc:  # the env broke mid-episode
-                finished.append(self._fail(slot, episode, "env_step_error", exc))
+                result = call_with_timeout(lambda: env.step(action) if invalid is None else env.step_invalid(invalid), self.env_step_timeout_s)
+            except Exception as exc:  # the env broke, died or hung mid-episode
+                finished.append(self._fail(slot, episode, "env_timeout" if isinstance(exc, EnvTimeout) else "env_step_error", exc))
                 continue
             env_time = time.perf_counter() - start
             episode.timings["env_s"] += env_time
@@ -237,6 +290,7 @@ class RolloutWorker:
             "stats": self.stats,
             "version": self.policy_version,
             "first_use": dict(self.first_use),
+            "failed_attempts": [(e.episode_id, e.task, e.variation, e.failure_reason) for e in self.failed_attempts],
         }
 
     def close(self) -> None:

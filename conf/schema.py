@@ -61,6 +61,8 @@ class RolloutConfig:
     max_observation_chars: int = 1200
     show_admissible: bool = True
     max_action_chars: int = 80
+    env_step_timeout_s: float = 60.0  # an env reset/step slower than this counts as a hung env (0: no limit)
+    max_episode_retries: int = 2  # a crashed or hung env is replaced and its episode replayed from the start
 
 
 @dataclass
@@ -199,6 +201,8 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(r.history_window >= 0, "rollout.history_window", r.history_window, "an integer >= 0")
     _check(r.max_observation_chars >= 16, "rollout.max_observation_chars", r.max_observation_chars, "an integer >= 16")
     _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
+    _check(r.env_step_timeout_s >= 0, "rollout.env_step_timeout_s", r.env_step_timeout_s, "a number of seconds >= 0 (0: no limit)")
+    _check(r.max_episode_retries >= 0, "rollout.max_episode_retries", r.max_episode_retries, "an integer >= 0")
     l = cfg.learner
     _check(l.steps >= 1, "learner.steps", l.steps, "an integer >= 1")
     _check(l.episodes_per_step >= 1, "learner.episodes_per_step", l.episodes_per_step, "an integer >= 1")

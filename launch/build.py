@@ -86,7 +86,10 @@ def make_rollout_actors(cfg: Config, model_dir: str) -> list:
             num_cpus=r.num_cpus_per_actor,
             runtime_env={"env_vars": ACTOR_ENV_VARS},
             name=None,
-        ).remote(i, engine_factory, _EnvFactory(cfg), model_dir, r.envs_per_actor, sampling, prompt, cfg.engine.max_model_len)
+        ).remote(
+            i, engine_factory, _EnvFactory(cfg), model_dir, r.envs_per_actor, sampling, prompt, cfg.engine.max_model_len,
+            env_step_timeout_s=r.env_step_timeout_s, max_episode_retries=r.max_episode_retries,
+        )  # fmt: skip
         actors.append(actor)
     return actors
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from actors.engine import Sampling
@@ -45,9 +48,30 @@ def corridor():
     return CorridorEnv([3], VARIATIONS, max_steps=6)
 
 
-def make_worker(tiny_model_dir, env_factory=corridor, num_envs=3, max_tokens=8):
+class HangingCorridor(CorridorEnv):
+    """Injected fault: the first instance built hangs on its second step (until it is closed)."""
+
+    instances = 0
+
+    def __init__(self) -> None:
+        super().__init__([3], VARIATIONS, max_steps=6)
+        HangingCorridor.instances += 1
+        self.hangs = HangingCorridor.instances == 1
+        self.closed = threading.Event()
+
+    def _check_running(self, action):  # every step, valid reply or not, passes here
+        if self.hangs and self.num_steps == 1:
+            self.closed.wait(120)  # closing the env ends the hang, as killing a JVM does
+        super()._check_running(action)
+
+    def close(self):
+        self.closed.set()
+        super().close()
+
+
+def make_worker(tiny_model_dir, env_factory=corridor, num_envs=3, max_tokens=8, **faults):
     return RolloutWorker(0, HFTinyEngine(tiny_model_dir), env_factory, tiny_model_dir, num_envs,
-                         Sampling(temperature=1.0, max_tokens=max_tokens, seed=0), PROMPT, max_model_len=2048)  # fmt: skip
+                         Sampling(temperature=1.0, max_tokens=max_tokens, seed=0), PROMPT, max_model_len=2048, **faults)  # fmt: skip
 
 
 def test_episodes_keep_exact_tokens_and_malformed_replies_are_answered(tiny_model_dir):
@@ -90,6 +114,32 @@ def test_a_crashing_env_fails_its_episode_is_replaced_and_the_run_goes_on(tiny_m
     ledger = worker.ledger
     assert ledger.started == 4 and ledger.finished == 3 and dict(ledger.failed) == {"env_step_error": 1}
     assert ledger.in_flight == 0
+
+
+def test_a_crashed_env_is_replaced_and_its_episode_replayed_from_the_start(tiny_model_dir):
+    FlakyCorridor.instances = 0
+    worker = make_worker(tiny_model_dir, env_factory=FlakyCorridor, num_envs=2, max_episode_retries=1)
+    specs = [EpisodeSpec("corridor-3", v) for v in range(4)]
+    episodes = worker.run(specs)
+    # One episode per spec, all finished: the crashed attempt was replayed on a fresh env.
+    assert sorted(e.variation for e in episodes) == [0, 1, 2, 3] and all(e.status == "finished" for e in episodes)
+    (attempt,) = worker.report()["failed_attempts"]
+    assert attempt[1:3] == ("corridor-3", 0) and "injected env crash" in attempt[3]
+    ledger = worker.ledger
+    assert ledger.started == 5 and ledger.finished == 4 and dict(ledger.failed) == {"env_step_error": 1} and ledger.retried == 1
+    assert ledger.in_flight == 0
+
+
+def test_a_hung_env_times_out_is_replaced_and_the_episode_replayed(tiny_model_dir):
+    HangingCorridor.instances = 0
+    worker = make_worker(tiny_model_dir, env_factory=HangingCorridor, num_envs=2, env_step_timeout_s=2.0, max_episode_retries=2)
+    start = time.monotonic()
+    episodes = worker.run([EpisodeSpec("corridor-3", v) for v in range(3)])
+    assert time.monotonic() - start < 60  # the hang cost the timeout, not the 120 s it would have lasted
+    assert len(episodes) == 3 and all(e.status == "finished" for e in episodes)
+    assert "env_timeout: EnvTimeout: no answer within 2 s" in worker.report()["failed_attempts"][0][3]
+    assert dict(worker.ledger.failed) == {"env_timeout": 1} and worker.ledger.retried == 1
+    assert worker.ledger.started == worker.ledger.finished + worker.ledger.num_failed == 4
 
 
 def test_bad_spec_is_an_error_not_an_episode(tiny_model_dir):
