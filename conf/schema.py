@@ -121,6 +121,16 @@ class RewardConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """launch.evaluate: the base model or a saved adapter on held-out variations."""
+
+    adapter: str | None = None  # a PEFT adapter folder (a checkpoint's adapter/); None = the base model
+    split: str = "valid"  # valid (ScienceWorld: dev, "seen") or test ("unseen")
+    episodes_per_task: int = 4  # variations 0..K-1 of the split, one episode each
+    greedy: bool = True  # false: sample at rollout.temperature
+
+
+@dataclass
 class RayConfig:
     address: str | None = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
     num_cpus: int | None = None  # local instance only; None = all cores
@@ -135,6 +145,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     seed: int = 0
     mode: str = "sync"  # sync: generate, then train; async: the next batch is generated while the learner trains
     episodes: int = 16  # launch.rollout: how many episodes to play
@@ -258,6 +269,11 @@ def validate(cfg: DictConfig | Config) -> Config:
     if cfg.eval_groups:
         _check("valid" in e.variations, "env.variations", dict(e.variations), "must give a valid-split count when eval_groups > 0")
     _check(cfg.episodes % cfg.group_size == 0, "episodes", cfg.episodes, f"a multiple of group_size={cfg.group_size}")
+    v = cfg.evaluate
+    if v.adapter is not None:
+        _check(Path(v.adapter).is_dir(), "evaluate.adapter", v.adapter, "an existing PEFT adapter folder (e.g. <run>/checkpoints/final/adapter) or null")
+    _check(v.split in SPLITS, "evaluate.split", v.split, f"one of {SPLITS}")
+    _check(v.episodes_per_task >= 1, "evaluate.episodes_per_task", v.episodes_per_task, "an integer >= 1")
     if cfg.ray.num_cpus is not None:
         _check(cfg.ray.num_cpus >= 1, "ray.num_cpus", cfg.ray.num_cpus, "an integer >= 1 or null")
     return cfg

@@ -14,6 +14,10 @@ from pathlib import Path
 import torch
 
 
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded as it is."""
+
+
 @dataclass
 class AdapterWeights:
     version: int
@@ -38,6 +42,31 @@ class AdapterWeights:
         save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, directory / "adapter_model.safetensors")
         (directory / "adapter_config.json").write_text(json.dumps(_json_safe(self.peft_config), indent=2))
         return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, version: int = 1) -> AdapterWeights:
+        """Read a saved PEFT LoRA adapter (a checkpoint's ``adapter/`` folder); a missing, truncated or
+        foreign folder is a CheckpointError that names the file and what was expected, never a half load."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_file, weights_file = directory / "adapter_config.json", directory / "adapter_model.safetensors"
+        for path in (config_file, weights_file):
+            if not path.is_file():
+                raise CheckpointError(f"{directory} is not a PEFT adapter folder: {path.name} is missing (expected adapter_config.json and adapter_model.safetensors)")
+        try:
+            config = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{config_file} is not valid JSON ({exc}); the checkpoint is damaged") from exc
+        if config.get("peft_type") != "LORA" or "r" not in config:
+            raise CheckpointError(f"{config_file} describes peft_type={config.get('peft_type')!r}; only LoRA adapters (peft_type 'LORA' with a rank r) can be loaded")
+        try:
+            tensors = load_file(str(weights_file))
+        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+            raise CheckpointError(f"{weights_file} cannot be read ({type(exc).__name__}: {exc}); the checkpoint is truncated or not safetensors") from exc
+        if not tensors or not all(".lora_A." in k or ".lora_B." in k for k in tensors):
+            raise CheckpointError(f"{weights_file} holds {len(tensors)} tensors that are not all LoRA A/B matrices; is it an adapter?")
+        return cls(version, tensors, config)
 
     @classmethod
     def from_peft_model(cls, model, version: int, adapter_name: str = "default") -> AdapterWeights:

@@ -92,7 +92,7 @@ def main(dict_cfg: DictConfig) -> dict:
     reports = ray.get([a.report.remote() for a in actors])
     summary = summarize(episodes, reports, wall_s)
     ledger = summary["ledger"]
-    if ledger["in_flight"] != 0 or ledger["started"] != len(episodes):
+    if ledger["in_flight"] != 0 or ledger["started"] != len(episodes) + ledger["retried"]:
         raise RuntimeError(f"episode accounting does not balance: {ledger} for {len(episodes)} episodes received")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(

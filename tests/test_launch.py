@@ -53,3 +53,45 @@ def test_embedded_model_is_checked_by_sha256(tmp_path):
     assert _manifest_ok(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"weights, truncated")  # a damaged copy is converted again
     assert not _manifest_ok(tmp_path)
+
+
+@pytest.mark.slow
+def test_evaluate_entry_point_loads_a_saved_adapter_and_writes_the_table(tiny_model_dir, tmp_path):
+    from tests.helpers import random_adapter
+
+    adapter_dir = random_adapter(tiny_model_dir, version=1, seed=3).save(tmp_path / "checkpoint" / "adapter")
+    run_dir = tmp_path / "eval"
+    command = [
+        sys.executable, "-m", "launch.evaluate", "env=corridor", "env.tasks=[corridor-1,corridor-2]", "engine=hf",
+        f"model.path={tiny_model_dir}", "model.dtype=float32", "rollout.num_actors=1", "rollout.max_tokens=8",
+        f"evaluate.adapter={adapter_dir}", "evaluate.split=test", "evaluate.episodes_per_task=3",
+        f"run_dir={run_dir}", "ray.num_cpus=2",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((run_dir / "evaluation.json").read_text())
+    assert set(table["tasks"]) == {"corridor-1", "corridor-2"} and table["overall"]["episodes"] == 6
+    assert table["adapter"] == str(adapter_dir) and table["greedy"] and table["split"] == "test"
+    episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((e["task"], e["variation"]) for e in episodes) == [(t, v) for t in ("corridor-1", "corridor-2") for v in range(3)]
+    assert all(s["policy_version"] == 1 for e in episodes for s in e["steps"])  # played by the adapter
+    assert "| **overall** | 6 |" in result.stdout
+
+
+def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path):
+    from core.adapter import AdapterWeights, CheckpointError
+    from tests.helpers import random_adapter
+
+    good = random_adapter(tiny_model_dir, version=1, seed=3).save(tmp_path / "good")
+    assert AdapterWeights.load(good, version=4).version == 4
+    with pytest.raises(CheckpointError, match="adapter_config.json is missing"):
+        AdapterWeights.load(tiny_model_dir)  # a model folder, not an adapter
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    (truncated / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or not safetensors"):
+        AdapterWeights.load(truncated)
+    (truncated / "adapter_config.json").write_text('{"peft_type": "PREFIX_TUNING"}')
+    with pytest.raises(CheckpointError, match="only LoRA adapters"):
+        AdapterWeights.load(truncated)

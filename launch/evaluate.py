@@ -1,0 +1,100 @@
+"""Evaluate the base model or a saved LoRA adapter on held-out task variations, through the rollout actors.
+
+    python -m launch.evaluate                                             # base SmolLM2, TextWorld valid games
+    python -m launch.evaluate evaluate.adapter=runs/<run>/checkpoints/final/adapter evaluate.split=test
+    python -m launch.evaluate env=scienceworld evaluate.split=valid evaluate.episodes_per_task=5   # seen (dev)
+
+Variations 0..K-1 of the split (``evaluate.episodes_per_task``) for every task in ``env.tasks``, one
+episode each, greedy unless ``evaluate.greedy=false``. For ScienceWorld, ``valid`` is the dev
+variations ("seen") and ``test`` the test variations ("unseen"); for TextWorld, the valid and test seeds.
+Writes ``evaluation.json`` and ``evaluation.md`` (per task and overall success rate, mean score, mean
+steps) and ``episodes.jsonl`` into the run dir, and prints the table and the wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import defaultdict
+
+import hydra
+import ray
+from omegaconf import DictConfig
+
+from actors.rollout import EpisodeSpec
+from conf.schema import Config, register
+from core.adapter import AdapterWeights
+from core.episode import Episode
+from launch.build import begin_run, make_rollout_actors, prepare_env_assets, resolve_model_dir, start_ray
+from launch.rollout import play
+
+register()
+
+
+def evaluation_specs(cfg: Config) -> list[EpisodeSpec]:
+    k = cfg.evaluate.episodes_per_task
+    available = cfg.env.variations.get(cfg.evaluate.split)
+    if available is not None and k > available:
+        raise ValueError(f"evaluate.episodes_per_task={k} exceeds the {available} variations of split {cfg.evaluate.split!r} (env.variations)")
+    return [EpisodeSpec(task, v, cfg.evaluate.split) for task in cfg.env.tasks for v in range(k)]
+
+
+def results(episodes: list[Episode], tasks: list[str]) -> dict:
+    by_task: dict[str, list[Episode]] = defaultdict(list)
+    for e in episodes:
+        by_task[e.task].append(e)
+
+    def row(group: list[Episode]) -> dict:
+        finished = [e for e in group if e.status == "finished"]
+        return {
+            "episodes": len(group),
+            "failed": len(group) - len(finished),
+            "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
+            "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
+            "mean_steps": sum(len(e.steps) for e in finished) / max(len(finished), 1),
+        }
+
+    return {"tasks": {t: row(by_task[t]) for t in tasks}, "overall": row(episodes)}
+
+
+def markdown(table: dict) -> str:
+    lines = ["| task | episodes | success rate | mean score | mean steps | failed |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in [*table["tasks"].items(), ("**overall**", table["overall"])]:
+        lines.append(f"| {name} | {r['episodes']} | {r['success_rate']:.3f} | {r['mean_score']:.3f} | {r['mean_steps']:.1f} | {r['failed']} |")
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(dict_cfg: DictConfig) -> dict:
+    cfg, run_dir = begin_run(dict_cfg)
+    start = time.perf_counter()
+    adapter = AdapterWeights.load(cfg.evaluate.adapter) if cfg.evaluate.adapter else None  # fail before any actor starts
+    if cfg.evaluate.greedy:
+        cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, temperature=0.0))
+    specs = evaluation_specs(cfg)
+    model_dir = resolve_model_dir(cfg)
+    prepare_env_assets(cfg, specs)
+    start_ray(cfg)
+    actors = make_rollout_actors(cfg, model_dir)
+    if adapter is not None:
+        ref = ray.put(adapter)
+        ray.get([a.load_adapter.remote(ref) for a in actors])
+    with open(run_dir / "episodes.jsonl", "w") as out:
+        episodes, _ = play(cfg, actors, specs, out)
+    ray.get([a.close.remote() for a in actors])
+    table = results(episodes, list(cfg.env.tasks))
+    table.update(
+        model=model_dir, adapter=cfg.evaluate.adapter, env=cfg.env.name, split=cfg.evaluate.split,
+        greedy=cfg.evaluate.greedy, wall_s=time.perf_counter() - start,
+    )  # fmt: skip
+    (run_dir / "evaluation.json").write_text(json.dumps(table, indent=2))
+    text = markdown(table)
+    (run_dir / "evaluation.md").write_text(text)
+    print(f"\n{cfg.env.name} {cfg.evaluate.split}, {'adapter ' + cfg.evaluate.adapter if adapter else 'base model'}, "
+          f"{'greedy' if cfg.evaluate.greedy else 'sampled'}\n{text}wall {table['wall_s']:.0f} s; run dir {run_dir}")  # fmt: skip
+    return table
+
+
+if __name__ == "__main__":
+    main()
