@@ -72,3 +72,36 @@ def test_messages_without_history_or_admissible():
     settings_ = PromptSettings(history_window=0, show_admissible=False)
     user = build_messages("g", [("a", "o")], "obs", ["look"], settings_)[1]["content"]
     assert "Recent history" not in user and "Admissible" not in user
+
+
+ANY_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=2000, max_size=20000),  # very long replies
+    st.text(alphabet=st.characters(categories=["Cc", "Cf", "Zs", "Zl", "Zp"]), max_size=50),  # control and format only
+    st.just(""),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_TEXT, st.booleans())
+def test_any_model_output_is_one_action_or_an_invalid_reply_the_env_counts(reply, truncated):
+    from envs.corridor import CorridorEnv
+
+    env = CorridorEnv([2], {"train": 10}, max_steps=3)
+    env.reset("corridor-2", 0)
+    parsed = parse_action(reply, truncated=truncated, settings=SETTINGS)
+    result = env.step(parsed.action) if parsed.invalid_reason is None else env.step_invalid(parsed.invalid_reason)
+    if parsed.invalid_reason is not None:
+        assert not result.info["recognised"] and "not a valid action" in result.observation
+    assert env.num_steps == 1 and result.reward == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(ANY_TEXT, ANY_TEXT, st.lists(st.tuples(ANY_TEXT, ANY_TEXT), max_size=6), st.one_of(st.none(), st.lists(ANY_TEXT, max_size=5)))
+def test_prompt_builder_takes_any_text_and_bounds_what_it_shows(goal, observation, history, admissible):
+    messages = build_messages(goal, history, observation, admissible, SETTINGS)
+    user = messages[1]["content"]
+    assert user.startswith("Goal: ") and user.endswith("Your next action:")
+    # Observations are clipped (history window 2, 50 chars each): long text cannot blow up the prompt.
+    shown = len(user) - len(goal) - sum(len(a) for a, _ in history[-2:]) - sum(len(x) for x in admissible or [])
+    assert shown < 400
