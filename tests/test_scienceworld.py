@@ -170,6 +170,13 @@ def test_a_killed_python_process_takes_its_jvm_along():
     jvm.wait(timeout=10)  # raises psutil.TimeoutExpired if the JVM outlives its parent
 
 
+def test_another_scienceworld_release_is_refused_at_import():
+    script = "import scienceworld; scienceworld.__version__ = '1.2.4'; import envs.scienceworld"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "scienceworld==1.2.4 is installed but mise-rl pins scienceworld==1.2.3" in result.stderr
+
+
 def test_config_group_builds_the_env_and_checks_variation_counts():
     from launch.build import _EnvFactory
 
