@@ -53,7 +53,7 @@ def test_gold_path_completes_with_full_score(env):
 
 def test_package_gold_paths_win(env):
     path = env.gold_path("4-2", 0)  # a random non-living target each call: the generator is not seeded
-    assert path[:3] == GOLD_4_2[:3] and env.done
+    assert env.done  # the generator replayed the task: the episode is over
     env.reset("4-2", 0)
     assert [env.step(action).info["won"] for action in path][-1]
 
