@@ -21,13 +21,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
-    name: str = "textworld"  # textworld | corridor
+    name: str = "textworld"  # textworld | corridor | scienceworld
     tasks: list[str] = field(default_factory=lambda: ["recipe1+take1+go1"])
     split: str = "train"
     max_steps: int = 8
     # How many variations (seeds) each split offers; the seed ranges of the splits are disjoint.
     variations: dict[str, int] = field(default_factory=lambda: {"train": 10000, "valid": 100, "test": 100})
     cache_dir: str | None = None  # generated games; default: $MISE_CACHE or ~/.cache/mise-rl
+    step_caps: dict[str, int] = field(default_factory=dict)  # scienceworld: per-task max_steps (task name or id -> cap)
+    simplification: str = "easy"  # scienceworld: comma-separated simplifications; "easy" = all of them
+    jvm_heap_mb: int = 128  # scienceworld: heap cap of each env's JVM (one per env; live data is ~15 MiB)
+    jvm_options: list[str] = field(default_factory=lambda: ["-XX:+UseSerialGC"])  # scienceworld: more JVM flags
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Config:
     run_dir: str | None = None  # None: Hydra's output dir
 
 
-ENV_NAMES = ("textworld", "corridor")
+ENV_NAMES = ("textworld", "corridor", "scienceworld")
 ENGINE_KINDS = ("vllm", "hf")
 REWARD_MODES = ("env", "prm", "mise")
 EVALUATORS = ("policy", "base")
@@ -188,6 +192,10 @@ def validate(cfg: DictConfig | Config) -> Config:
         _check(split in SPLITS, f"env.variations.{split}", n, f"keys must be among {SPLITS}")
         _check(n >= 1, f"env.variations.{split}", n, "an integer >= 1")
     _check(e.split in e.variations, "env.variations", dict(e.variations), f"must give a count for env.split={e.split!r}")
+    _check(not e.step_caps or e.name == "scienceworld", "env.step_caps", dict(e.step_caps), "empty unless env.name=scienceworld")
+    for task, cap in e.step_caps.items():
+        _check(cap >= 1, f"env.step_caps.{task}", cap, "an integer >= 1")
+    _check(e.jvm_heap_mb >= 64, "env.jvm_heap_mb", e.jvm_heap_mb, "an integer >= 64 (MiB)")
     if m.path is not None:
         _check(Path(m.path).is_dir(), "model.path", m.path, "an existing Hugging Face model directory (or null for the embedded model)")
         _check((Path(m.path) / "config.json").exists(), "model.path", m.path, "a directory holding config.json")

@@ -47,6 +47,9 @@ class TextEnv(abc.ABC):
     """
 
     name: str = "text-env"
+    # Whether each info dict lists the admissible actions; off when the prompt does not show them (ScienceWorld
+    # takes tens of ms to list them).
+    list_admissible: bool = True
 
     def __init__(self, max_steps: int) -> None:
         if max_steps <= 0:
@@ -137,5 +140,5 @@ class TextEnv(abc.ABC):
             "lost": self.lost,
             "steps": self.num_steps,
             "truncated": self.done and not (self.won or self.lost),
-            "admissible_actions": None if self.done else self.admissible_actions(),
+            "admissible_actions": self.admissible_actions() if self.list_admissible and not self.done else None,
         }

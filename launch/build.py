@@ -128,9 +128,12 @@ class _EngineFactory:
 class _EnvFactory:
     def __init__(self, cfg: Config) -> None:
         self.env_cfg = cfg.env
+        self.list_admissible = cfg.rollout.show_admissible
 
     def __call__(self):
-        return make_env(self.env_cfg)
+        env = make_env(self.env_cfg)
+        env.list_admissible = self.list_admissible
+        return env
 
 
 def begin_run(dict_cfg) -> tuple[Config, Path]:
