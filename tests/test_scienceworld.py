@@ -197,3 +197,43 @@ def test_config_group_builds_the_env_and_checks_variation_counts():
     cfg.env.variations["valid"] = 76
     with pytest.raises(EnvError, match=r"env.variations.valid=76 but ScienceWorld task 'find-living-thing' has only 75"):
         make_env(cfg.env)
+
+
+class JVMKilledMidEpisode(ScienceWorldEnv):
+    """Injected fault: the first instance's JVM is killed (SIGKILL) during the episode's second step."""
+
+    instances = 0
+
+    def __init__(self) -> None:
+        super().__init__(["find-living-thing"], max_steps=4)
+        JVMKilledMidEpisode.instances += 1
+        self.doomed = JVMKilledMidEpisode.instances == 1
+
+    def _check_running(self, action):  # every step, valid reply or not, passes here
+        if self.doomed and self.num_steps == 1:
+            os.kill(self.jvm_process.pid, signal.SIGKILL)
+            self.jvm_process.wait(10)
+        super()._check_running(action)
+
+
+@pytest.mark.slow
+def test_a_jvm_killed_mid_episode_is_replaced_and_the_episode_replayed(tiny_model_dir):
+    from actors.engine import Sampling
+    from actors.prompting import PromptSettings
+    from actors.rollout import EpisodeSpec, RolloutWorker
+    from tests.test_reward import HFFactory
+
+    JVMKilledMidEpisode.instances = 0
+    before = gateway_jvms()
+    worker = RolloutWorker(0, HFFactory(tiny_model_dir), JVMKilledMidEpisode, tiny_model_dir, 2, Sampling(max_tokens=8),
+                           PromptSettings(show_admissible=False), 4096, env_step_timeout_s=30, max_episode_retries=1)  # fmt: skip
+    killed_pid = worker.slots[0].env.jvm_process.pid
+    episodes = worker.run([EpisodeSpec("find-living-thing", v) for v in range(3)])
+    assert len(episodes) == 3 and all(e.status == "finished" for e in episodes)
+    (attempt,) = worker.report()["failed_attempts"]
+    assert f"ScienceWorld JVM (pid {killed_pid}) exited with code -9" in attempt[3]
+    ledger = worker.ledger
+    assert ledger.started == 4 and ledger.finished == 3 and ledger.retried == 1 and ledger.in_flight == 0
+    assert worker.slots[0].env.jvm_process.pid != killed_pid and JVMKilledMidEpisode.instances == 3
+    worker.close()
+    assert gateway_jvms() == before  # the replacement JVMs are gone too
