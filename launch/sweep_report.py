@@ -124,6 +124,7 @@ def plot(runs: list[dict], out: Path, title: str) -> None:
     ax.set_xlabel("env steps (cumulative, training episodes)")
     ax.set_ylabel(f"training success (moving avg, {SMOOTH} steps)")
     ax.set_title(title)
+    fig.text(0.01, 0.01, "line: mean over seeds; band: min to max over seeds", fontsize=7, color="dimgray")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
