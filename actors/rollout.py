@@ -55,6 +55,7 @@ class ThroughputStats:
     prompt_tokens: int = 0
     env_s: float = 0.0
     env_steps: int = 0
+    cleaned_observations: int = 0  # env output that was not clean text or too long (envs.base.clean_text)
 
     def add(self, other: ThroughputStats) -> ThroughputStats:
         return ThroughputStats(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
@@ -261,6 +262,7 @@ class RolloutWorker:
             slot.history.append((parsed.action or reply.strip()[:40] or "<empty>", result.observation))
             slot.observation, slot.admissible = result.observation, result.info.get("admissible_actions")
             if result.done:
+                self.stats.cleaned_observations += int(result.info.get("cleaned_observations", 0))
                 episode.score = float(result.info["score"])
                 episode.success = bool(result.info["won"])
                 episode.status = "finished"

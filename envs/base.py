@@ -16,6 +16,22 @@ from dataclasses import dataclass, field
 SPLITS = ("train", "valid", "test")
 
 
+MAX_OBSERVATION_CHARS = 20_000  # longer env output is cut (the prompt shows far less; this bounds memory)
+
+
+def clean_text(text: str | bytes, limit: int = MAX_OBSERVATION_CHARS) -> tuple[str, bool]:
+    """Env output as safe text: bytes decoded as UTF-8 with replacement, lone surrogates and control
+    characters (other than newline and tab) replaced, cut to ``limit`` characters. Returns the text and
+    whether anything was changed."""
+    raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+    cleaned = raw.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> "?"
+    cleaned = "".join(c if c.isprintable() or c in "\n\t" else " " for c in cleaned)
+    if len(cleaned) > limit:
+        cut = len(cleaned) - limit
+        cleaned = cleaned[:limit] + f" ... [{cut} characters cut]"
+    return cleaned, cleaned != text
+
+
 class EnvError(ValueError):
     """Bad input to an environment: unknown task or split, variation out of range, step after done."""
 
@@ -61,6 +77,7 @@ class TextEnv(abc.ABC):
         self.won = False
         self.lost = False
         self.num_unrecognised = 0
+        self.num_cleaned = 0  # observations that were not clean text or too long (counted, then cleaned)
 
     # --- what adapters implement -------------------------------------------------------------
     @abc.abstractmethod
@@ -102,7 +119,9 @@ class TextEnv(abc.ABC):
         goal, observation, score = self._reset(task, variation, split)
         self.num_steps, self.score = 0, score
         self.done = self.won = self.lost = False
-        self.num_unrecognised = 0
+        self.num_unrecognised = self.num_cleaned = 0
+        goal, _ = clean_text(goal)
+        observation = self._clean(observation)
         return Reset(goal=goal, observation=observation, info=self._info())
 
     def step(self, action: str) -> StepResult:
@@ -123,7 +142,13 @@ class TextEnv(abc.ABC):
                 f"env {self.name!r} got action {action!r} after the episode ended; call reset() first"
             )
 
+    def _clean(self, observation) -> str:
+        observation, changed = clean_text(observation)
+        self.num_cleaned += changed
+        return observation
+
     def _advance(self, observation: str, score: float, won: bool, lost: bool, recognised: bool) -> StepResult:
+        observation = self._clean(observation)
         self.num_steps += 1
         reward = score - self.score
         self.score, self.won, self.lost = score, won, lost
@@ -140,5 +165,6 @@ class TextEnv(abc.ABC):
             "lost": self.lost,
             "steps": self.num_steps,
             "truncated": self.done and not (self.won or self.lost),
+            "cleaned_observations": self.num_cleaned,
             "admissible_actions": self.admissible_actions() if self.list_admissible and not self.done else None,
         }

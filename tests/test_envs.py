@@ -144,3 +144,29 @@ def test_textworld_bad_variation_and_split(tw_cache):
         env.reset("recipe2+take1+go1", 0)
     with pytest.raises(EnvError, match="seed ranges must not overlap"):
         TextWorldCookingEnv([TASK], tw_cache, {"train": 2_000_000})
+
+
+class NoisyCorridor(CorridorEnv):
+    """Injected fault: the env answers with invalid UTF-8 bytes, control characters and a huge text."""
+
+    def _step(self, action):
+        observation, score, won, lost, recognised = super()._step(action)
+        noise = b"\xff\xfe broken \x00\x07 bytes" if self.num_steps == 0 else "\ud800 lone surrogate " + "x" * 100_000
+        return (noise + observation.encode() if isinstance(noise, bytes) else noise + observation), score, won, lost, recognised
+
+
+def test_non_utf8_control_and_huge_observations_are_cleaned_and_counted():
+    from envs.base import MAX_OBSERVATION_CHARS
+
+    env = NoisyCorridor([3], VARIATIONS, max_steps=5)
+    env.reset("corridor-3", 0)
+    first = env.step("look")
+    assert isinstance(first.observation, str) and "\ufffd" in first.observation and "\x00" not in first.observation
+    first.observation.encode("utf-8")  # valid text now
+    second = env.step("look")
+    assert len(second.observation) < MAX_OBSERVATION_CHARS + 40 and second.observation.endswith("characters cut]")
+    second.observation.encode("utf-8")
+    assert second.info["cleaned_observations"] == 2
+    clean = CorridorEnv([3], VARIATIONS)
+    clean.reset("corridor-3", 0)
+    assert clean.step("look").info["cleaned_observations"] == 0
