@@ -32,13 +32,16 @@ def resolve_model_dir(cfg: Config) -> str:
 
 
 def start_ray(cfg: Config) -> None:
+    """Join the cluster the config or the environment names (``ray job submit`` sets RAY_ADDRESS for
+    its driver), or start a private local instance for this run."""
     if ray.is_initialized():
         return
-    if cfg.ray.address is None:  # a private local instance for this run
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
     else:
-        ray.init(address=cfg.ray.address)
+        ray.init(address=address)
 
 
 def episode_specs(cfg: Config, num_groups: int, split: str, seed: int) -> list[EpisodeSpec]:
