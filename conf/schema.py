@@ -113,7 +113,7 @@ class RewardConfig:
     calibration_weight: float = 1.0  # weight of r_C on the evaluator's outcome answer (0: off); mise only
     evaluator: str = "policy"  # policy: judge with the current adapter | base: frozen base model
     num_actors: int = 1  # evaluator actors, each with its own engine (same kind as the rollout's)
-    num_cpus_per_actor: float = 0.5
+    num_cpus_per_actor: float = 0.0  # Ray CPUs reserved per evaluator; 0 shares the cores (engine.cpu_threads binds them)
     batch_episodes: int = 4  # episodes per evaluator call
     timeout_s: float = 600.0  # an evaluator call slower than this degrades its episodes to env reward
     max_observation_chars: int = 300  # per observation in the hindsight transcript

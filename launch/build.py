@@ -11,7 +11,7 @@ import ray
 from actors.engine import Sampling, make_engine, split_cores
 from actors.prompting import PromptSettings
 from actors.rollout import EpisodeSpec, RolloutActor
-from conf.schema import Config, validate
+from conf.schema import Config, ConfigError, validate
 from core.paths import default_cache_dir
 from envs import make_env
 
@@ -42,6 +42,25 @@ def start_ray(cfg: Config) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
     else:
         ray.init(address=address)
+
+
+def check_resources(cfg: Config) -> None:
+    """Stop before any actor starts if Ray cannot schedule every role at once (the run would wait
+    forever for the missing one); the message lists what each role asks for and the keys that set it."""
+    roles = [
+        ("rollout actors", cfg.rollout.num_actors, cfg.rollout.num_cpus_per_actor, "rollout.num_actors x rollout.num_cpus_per_actor"),
+        ("learner ranks", cfg.learner.num_ranks, cfg.learner.num_cpus_per_rank, "learner.num_ranks x learner.num_cpus_per_rank"),
+    ]
+    if cfg.reward.mode != "env":
+        roles.append(("evaluator actors", cfg.reward.num_actors, cfg.reward.num_cpus_per_actor, "reward.num_actors x reward.num_cpus_per_actor"))
+    need = sum(count * cpus for _, count, cpus, _ in roles)
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if need > have + 1e-9:
+        asked = "; ".join(f"{name}: {count} x {cpus:g} ({keys})" for name, count, cpus, keys in roles)
+        raise ConfigError(
+            f"the run needs {need:g} CPUs in Ray but the cluster has {have:g}: {asked}. "
+            f"Lower those, or give Ray more CPUs (ray.num_cpus for a local instance, or more nodes)."
+        )
 
 
 def episode_specs(cfg: Config, num_groups: int, split: str, seed: int) -> list[EpisodeSpec]:

@@ -28,6 +28,7 @@ from conf.schema import Config, ConfigError, register
 from core.ledger import EpisodeLedger
 from launch.build import (
     begin_run,
+    check_resources,
     episode_specs,
     make_evaluators,
     make_rollout_actors,
@@ -146,6 +147,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     model_dir = resolve_model_dir(cfg)
     prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in step_specs(cfg, step)])
     start_ray(cfg)
+    check_resources(cfg)
     eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed) if cfg.eval_groups else []
     prepare_env_assets(cfg, eval_specs)
     wall_start = time.perf_counter()

@@ -95,3 +95,16 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tiny_model_dir, tmp_pa
     (truncated / "adapter_config.json").write_text('{"peft_type": "PREFIX_TUNING"}')
     with pytest.raises(CheckpointError, match="only LoRA adapters"):
         AdapterWeights.load(truncated)
+
+
+def test_train_stops_before_any_actor_when_ray_cannot_schedule_every_role(tiny_model_dir, tmp_path):
+    command = [
+        sys.executable, "-m", "launch.train", "env=corridor", f"model.path={tiny_model_dir}", "reward=mise",
+        "rollout.num_actors=2", "rollout.num_cpus_per_actor=0.5", "reward.num_cpus_per_actor=0.5", "ray.num_cpus=2",
+        f"run_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=300)
+    assert result.returncode != 0
+    assert "the run needs 2.5 CPUs in Ray but the cluster has 2" in result.stderr
+    assert "evaluator actors: 1 x 0.5 (reward.num_actors x reward.num_cpus_per_actor)" in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
