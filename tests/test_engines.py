@@ -140,11 +140,16 @@ def test_bad_requests_are_clear_errors(engines, prompts):
         Sampling(temperature=-1)
 
 
-@pytest.mark.parametrize("version", [0, 1])
-def test_shared_prefix_questions_cost_the_prefix_once_and_change_nothing(engines, prompts, version):
+@pytest.mark.parametrize("version", [0, 100])
+def test_shared_prefix_questions_cost_the_prefix_once_and_change_nothing(engines, prompts, version, smollm2_dir):
     """Many questions about one long episode: both engines give the same Yes/No and continuation
     log-probs as scoring each prompt alone, and run the shared prefix about once (prefix cache / KV reuse)."""
     from transformers import AutoTokenizer
+
+    if version and version not in engines["vllm"].resident_versions():  # the module's engines are shared: load our own
+        adapter = random_adapter(smollm2_dir, version=version, seed=version)
+        for engine in engines.values():
+            engine.load_adapter(adapter)
 
     tok = AutoTokenizer.from_pretrained(engines["hf"].model.config.name_or_path)
     episode = tok("The agent went north, then east, then opened the chest. " * 40, add_special_tokens=False)["input_ids"]
