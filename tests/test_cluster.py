@@ -40,7 +40,7 @@ def tiny_run_overrides(model_dir: str, run_dir: Path | None) -> list[str]:
 def ray_head():
     """A Ray head started with `ray start`, stopped by killing exactly its processes (`ray stop` would
     also stop the other Ray instances of this machine, such as the test session's)."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))  # Ray keeps sockets here: the path must stay short
     port, dashboard = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
