@@ -191,7 +191,7 @@ class RolloutWorker:
             self.ledger.started -= 1  # bad input is the caller's error, not an episode of the run
             raise
         except Exception as exc:  # the env itself broke: record, replace the instance, go on
-            return self._fail(slot, episode, "env_timeout" if isinstance(exc, EnvTimeout) else "env_reset_error", exc)
+            return self._fail(slot, episode, "env_reset_error", exc)
         episode.timings["env_s"] += time.perf_counter() - start
         episode.goal, episode.first_observation = reset.goal, reset.observation
         slot.episode, slot.history, slot.version = episode, [], self.policy_version
@@ -239,7 +239,7 @@ class RolloutWorker:
             try:
                 result = call_with_timeout(lambda: env.step(action) if invalid is None else env.step_invalid(invalid), self.env_step_timeout_s)
             except Exception as exc:  # the env broke, died or hung mid-episode
-                finished.append(self._fail(slot, episode, "env_timeout" if isinstance(exc, EnvTimeout) else "env_step_error", exc))
+                finished.append(self._fail(slot, episode, "env_step_error", exc))
                 continue
             env_time = time.perf_counter() - start
             episode.timings["env_s"] += env_time
@@ -272,6 +272,8 @@ class RolloutWorker:
         return finished
 
     def _fail(self, slot: _Slot, episode: Episode, kind: str, exc: BaseException) -> Episode:
+        if isinstance(exc, EnvTimeout):  # a hung env, whichever call it hung in
+            kind = "env_timeout"
         episode.status = "failed"
         episode.failure_reason = f"{kind}: {type(exc).__name__}: {exc}"[:2000]
         self.ledger.failed[kind] += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from core.paths import default_cache_dir
@@ -12,15 +11,9 @@ from envs.base import EnvError, TextEnv
 def make_env(cfg) -> TextEnv:
     """Build one environment instance from an ``EnvConfig``."""
     if cfg.name == "corridor":
-        from envs.corridor import CorridorEnv
+        from envs.corridor import CorridorEnv, corridor_length
 
-        lengths = []
-        for task in cfg.tasks:
-            match = re.fullmatch(r"corridor-(\d+)", task)
-            if not match:
-                raise EnvError(f"env.tasks: {task!r} is not a corridor task; valid: corridor-N with N >= 1")
-            lengths.append(int(match.group(1)))
-        return CorridorEnv(lengths, dict(cfg.variations), max_steps=cfg.max_steps)
+        return CorridorEnv([corridor_length(t) for t in cfg.tasks], dict(cfg.variations), max_steps=cfg.max_steps)
     if cfg.name == "textworld":
         from envs.textworld_cooking import TextWorldCookingEnv
 

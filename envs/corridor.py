@@ -10,11 +10,20 @@ Variations are seeds drawn from disjoint ranges per split.
 from __future__ import annotations
 
 import random
+import re
 
 from envs.base import EnvError, TextEnv, check_split
 
 DIRECTIONS = ("north", "south", "east", "west")
 SPLIT_SEED_OFFSET = {"train": 0, "valid": 1_000_000, "test": 2_000_000}
+
+
+def corridor_length(task: str) -> int:
+    """The number of rooms a corridor task names (``corridor-3`` -> 3)."""
+    match = re.fullmatch(r"corridor-(\d+)", task)
+    if not match:
+        raise EnvError(f"env.tasks: {task!r} is not a corridor task; valid: corridor-N with N >= 1")
+    return int(match.group(1))
 
 
 class CorridorEnv(TextEnv):

@@ -24,7 +24,9 @@ def resolve_model_dir(cfg: Config) -> str:
     if cfg.model.builtin == "tiny-corridor":
         from launch.tiny_model import ensure_tiny_corridor_model
 
-        longest = max(int(task.split("-")[1]) for task in cfg.env.tasks)
+        from envs.corridor import corridor_length
+
+        longest = max(corridor_length(task) for task in cfg.env.tasks)
         return str(ensure_tiny_corridor_model(longest, cfg.rollout.history_window))
     from launch.prepare_model import ensure_embedded_model
 
@@ -95,15 +97,20 @@ def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec]) -> None:
         ensure_games(cache, sorted({(s.task, s.split, s.variation) for s in specs}), workers=os.cpu_count() or 1)
 
 
+def engine_threads(cfg: Config, num_engines: int, index: int) -> str:
+    """The CPU cores engine ``index`` of a group of ``num_engines`` binds (engine.cpu_threads)."""
+    if cfg.engine.cpu_threads != "auto":
+        return cfg.engine.cpu_threads
+    return split_cores(sorted(os.sched_getaffinity(0)), num_engines, index)
+
+
 def make_rollout_actors(cfg: Config, model_dir: str) -> list:
     r = cfg.rollout
     sampling = Sampling(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=None)
     prompt = PromptSettings(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars)
-    cores = sorted(os.sched_getaffinity(0))
     actors = []
     for i in range(r.num_actors):
-        threads = split_cores(cores, r.num_actors, i) if cfg.engine.cpu_threads == "auto" else cfg.engine.cpu_threads
-        engine_factory = _EngineFactory(cfg, model_dir, threads, seed=cfg.seed + i)
+        engine_factory = _EngineFactory(cfg, model_dir, engine_threads(cfg, r.num_actors, i), seed=cfg.seed + i)
         actor = RolloutActor.options(
             num_cpus=r.num_cpus_per_actor,
             runtime_env={"env_vars": ACTOR_ENV_VARS},
@@ -123,11 +130,9 @@ def make_evaluators(cfg: Config, model_dir: str) -> list:
 
     if cfg.reward.mode == "env":
         return []
-    cores = sorted(os.sched_getaffinity(0))
     evaluators = []
     for i in range(cfg.reward.num_actors):
-        threads = split_cores(cores, cfg.reward.num_actors, i) if cfg.engine.cpu_threads == "auto" else cfg.engine.cpu_threads
-        factory = _EngineFactory(cfg, model_dir, threads, seed=cfg.seed + 1000 + i)
+        factory = _EngineFactory(cfg, model_dir, engine_threads(cfg, cfg.reward.num_actors, i), seed=cfg.seed + 1000 + i)
         evaluators.append(
             EvaluatorActor.options(num_cpus=cfg.reward.num_cpus_per_actor, runtime_env={"env_vars": ACTOR_ENV_VARS}).remote(
                 factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len

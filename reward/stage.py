@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 
 import numpy as np
 import ray
@@ -63,7 +62,6 @@ class RewardStage:
         self.evaluators = evaluators or []
         self.calibrator = RidgeCalibrator(cfg.calibration_window, cfg.calibration_alpha, cfg.calibration_min_episodes)
         self.ledger = EpisodeLedger()
-        self.degraded_reasons: Counter[str] = Counter()
         self._next_evaluator = 0
 
     # --- the pump: one learner step's worth of episodes ---------------------------------------
@@ -133,7 +131,6 @@ class RewardStage:
             log.warning("episode %s gets env-only reward: %s", episode.episode_id, degraded)
             episode.reward_note = degraded
             self.ledger.degraded += 1
-            self.degraded_reasons[degraded.split(":")[0]] += 1
             batch.degraded += 1
         self.score(episode, batch)
         learner_queue.put(episode)
@@ -158,10 +155,10 @@ class RewardStage:
         """Per-step rewards: r_t = env_reward_t + lambda * dense_t (dense_t = 0 without a judgement)."""
         judgement = episode.self_evaluation
         dense = [0.0] * len(episode.steps)
+        features = self.features(judgement) if judgement is not None else []
         if judgement is not None and self.cfg.mode == "prm":
             dense = self_eval_rewards(judgement.step_yes, self.cfg.eps)
         elif judgement is not None and self.cfg.mode == "mise":
-            features = self.features(judgement)
             calibration = batch.maps.get(self.calibration_key(episode)) if batch else None
             if calibration is not None:
                 dense = calibration.step_rewards(features)
@@ -171,14 +168,11 @@ class RewardStage:
         for step, d in zip(episode.steps, dense, strict=True):
             step.step_reward = step.env_reward + self.cfg.dense_weight * d
         if batch is not None and judgement is not None:
-            batch.record(self, episode, judgement, dense)
+            batch.record(self, episode, judgement, features, dense)
         return episode
 
     def report(self) -> EpisodeLedger:
         return self.ledger
-
-    def calibration_state(self) -> dict:
-        return self.calibrator.state()
 
 
 class _BatchRecord:
@@ -193,7 +187,7 @@ class _BatchRecord:
         self.fit_rows: list[tuple[str, list[float], float]] = []
         self.heldout: list[tuple[float, float]] = []  # (predicted, actual) outcome under the frozen maps
 
-    def record(self, stage: RewardStage, episode: Episode, judgement: SelfEvaluation, dense: list[float]) -> None:
+    def record(self, stage: RewardStage, episode: Episode, judgement: SelfEvaluation, features: list[list[float]], dense: list[float]) -> None:
         self.values["r_se"] += self_eval_rewards(judgement.step_yes, stage.cfg.eps)
         self.values["r_mi"] += judgement.mi
         self.values["dense"] += dense
@@ -201,7 +195,7 @@ class _BatchRecord:
         self.q.append(judgement.outcome_yes)
         self.z.append(int(episode.success))
         key = stage.calibration_key(episode)
-        sums = [float(sum(column)) for column in zip(*stage.features(judgement))] or [0.0] * (stage.cfg.use_self_eval + stage.cfg.use_mi)
+        sums = [float(sum(column)) for column in zip(*features)] or [0.0] * (stage.cfg.use_self_eval + stage.cfg.use_mi)
         self.fit_rows.append((key, sums, episode.score))
         if key in self.maps:
             self.heldout.append((self.maps[key].predict(sums), episode.score))
