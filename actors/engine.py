@@ -1,8 +1,9 @@
 """The inference-engine interface shared by rollout and reward actors, and the adapter-version book.
 
 An engine does these things, all on token ids (token-in/token-out):
-- ``generate``: batched sampling; each prompt names the policy version to sample from; returns the
-  generated ids and the log-prob of each under the sampling distribution (temperature applied).
+- ``generate``: batched sampling; each prompt names the policy version to sample from, and may carry
+  its own seed (then its tokens do not depend on the rest of the batch); returns the generated ids and
+  the log-prob of each under the sampling distribution (temperature applied).
 - ``score``: teacher-forced log-probs of given continuation ids after given prompts (temperature 1).
 - ``next_token_logprobs``: the log-prob of each of a few candidate tokens (e.g. "Yes" and "No") as the
   next token after each prompt (temperature 1, full vocabulary), without sampling anything.
@@ -50,7 +51,9 @@ class Generation:
 
 
 class InferenceEngine(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling) -> list[Generation]: ...
+    def generate(
+        self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling, seeds: Sequence[int | None] | None = None
+    ) -> list[Generation]: ...
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]) -> list[list[float]]: ...
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from actors.engine import AdapterVersions, EngineError, Generation, Sampling, check_batch
+from actors.engine import (
+    AdapterVersions,
+    EngineError,
+    Generation,
+    Sampling,
+    check_batch,
+)
 from core.adapter import AdapterWeights
 
 
@@ -52,7 +59,12 @@ class HFEngine:
 
     # --- adapters ------------------------------------------------------------------------------
     def load_adapter(self, adapter: AdapterWeights) -> None:
-        from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+        from peft import (
+            LoraConfig,
+            PeftModel,
+            get_peft_model,
+            set_peft_model_state_dict,
+        )
 
         for old in self.versions.admit(adapter, self.max_lora_rank):
             self.model.delete_adapter(f"v{old}")
@@ -94,8 +106,12 @@ class HFEngine:
 
     # --- generation and scoring ----------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling) -> list[Generation]:
-        check_batch(prompts, versions)
+    def generate(
+        self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling, seeds: Sequence[int | None] | None = None
+    ) -> list[Generation]:
+        check_batch(prompts, versions, *([seeds] if seeds is not None else []))
+        if seeds is not None:  # torch has one generator per generate call: seeded requests run one at a time
+            return [self.generate([p], [v], replace(sampling, seed=s))[0] for p, v, s in zip(prompts, versions, seeds)]
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         results: list[Generation | None] = [None] * len(prompts)

@@ -20,19 +20,30 @@ import ray
 
 from actors.engine import InferenceEngine, Sampling
 from actors.prompting import PromptSettings, build_messages, parse_action
-from core.adapter import AdapterWeights
+from core.adapter import AdapterWeights, Published
 from core.episode import Episode, Step
-from core.ledger import EpisodeLedger
 from envs.base import EnvError, TextEnv
 
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """What to play: a (task, variation) of a split. G specs with the same key form a GRPO group."""
+    """What to play: a (task, variation) of a split. G specs with the same key form a GRPO group.
+
+    ``uid`` names the spec within a run (its attempts carry it). With a ``seed``, every turn samples
+    with a seed derived from it, so the episode does not depend on which actor plays it or what else
+    is batched with it: a resumed or re-issued spec plays the same episode again.
+    """
 
     task: str
     variation: int
     split: str = "train"
+    uid: str = ""
+    seed: int | None = None
+
+
+def turn_seed(spec_seed: int | None, turn: int) -> int | None:
+    """The sampling seed of turn ``turn`` of a seeded spec (None: the engine's own generator)."""
+    return None if spec_seed is None else (spec_seed * 1_000_003 + turn) % (2**31 - 1)
 
 
 @dataclass
@@ -41,6 +52,7 @@ class _Slot:
 
     env: TextEnv
     episode: Episode | None = None
+    spec: EpisodeSpec | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
     observation: str = ""
     admissible: list[str] | None = None
@@ -107,7 +119,7 @@ class RolloutWorker:
     ) -> None:
         """A crashed, dead or hung env (a step slower than ``env_step_timeout_s``; 0: no limit) is
         replaced, and its episode is played again from the start up to ``max_episode_retries`` times;
-        the failed attempts are counted and kept for the report, never trained on."""
+        the failed attempts are handed on too (flagged ``retried``) for the ledger, never trained on."""
         from transformers import AutoTokenizer
 
         self.worker_id = worker_id
@@ -120,9 +132,7 @@ class RolloutWorker:
         self.max_model_len = max_model_len
         self.env_step_timeout_s = env_step_timeout_s
         self.max_episode_retries = max_episode_retries
-        self.failed_attempts: deque[Episode] = deque(maxlen=100)  # the latest retried attempts, for the report
         self.policy_version = 0
-        self.ledger = EpisodeLedger()
         self.stats = ThroughputStats()
         self.first_use: dict[int, float] = {}  # policy version -> wall time its first tokens were generated
 
@@ -133,17 +143,25 @@ class RolloutWorker:
         self.policy_version = adapter.version
         return self.policy_version
 
+    def catch_up(self, adapter: Published | None) -> None:
+        """Load ``adapter`` unless this actor holds it already (after a restart it holds only the base)."""
+        if adapter is not None and adapter.version > self.policy_version:
+            self.load_adapter(adapter.fetch())
+
     def resident_versions(self) -> list[int]:
         return self.engine.resident_versions()
 
     # --- playing -------------------------------------------------------------------------------
-    def run(self, specs: list[EpisodeSpec]) -> list[Episode]:
-        """Play every spec to the end (or to failure); return the episodes."""
+    def run(self, specs: list[EpisodeSpec], adapter: Published | None = None) -> list[Episode]:
+        """Play every spec to the end (or to failure); return every ended attempt, the retried ones
+        (flagged ``retried``) included."""
+        self.catch_up(adapter)
         return list(self._play(specs))
 
-    def stream(self, specs: list[EpisodeSpec], queue) -> int:
-        """Play every spec, putting each episode into ``queue`` (a ``ray.util.queue.Queue``) as soon
-        as it ends; a bounded queue makes a slow consumer slow the rollout down. Returns the count."""
+    def stream(self, specs: list[EpisodeSpec], queue, adapter: Published | None = None) -> int:
+        """Like ``run``, but each attempt goes into ``queue`` (a ``ray.util.queue.Queue``) as soon as
+        it ends; a bounded queue makes a slow consumer slow the rollout down. Returns the count."""
+        self.catch_up(adapter)
         count = 0
         for episode in self._play(specs):
             queue.put(episode)
@@ -151,8 +169,8 @@ class RolloutWorker:
         return count
 
     def _play(self, specs: list[EpisodeSpec]) -> Iterator[Episode]:
-        """Keep every env slot busy until all specs are played; yield one episode per spec as it ends
-        (finished, or failed after its last retry)."""
+        """Keep every env slot busy until all specs are played; yield every attempt as it ends: one
+        final episode per spec (finished, or failed after its last retry) and the retried attempts."""
         pending: deque[tuple[EpisodeSpec, int]] = deque((spec, 0) for spec in specs)  # (spec, attempt)
         attempts: dict[str, tuple[EpisodeSpec, int]] = {}  # episode id -> what it is playing
         while pending or any(s.episode for s in self.slots):
@@ -170,31 +188,27 @@ class RolloutWorker:
             for episode in ended:
                 spec, attempt = attempts.pop(episode.episode_id)
                 if episode.status == "failed" and episode.failure_reason.startswith("env_") and attempt < self.max_episode_retries:
-                    self.failed_attempts.append(episode)
-                    self.ledger.retried += 1
+                    episode.retried = True
                     pending.appendleft((spec, attempt + 1))  # the same (task, variation): the group stays whole
-                else:
-                    yield episode
+                yield episode
 
     def _start(self, slot: _Slot, spec: EpisodeSpec) -> Episode:
         """Reset the slot's env for a new episode (status "failed" if the env broke doing it)."""
-        self.ledger.started += 1
         episode = Episode(
             episode_id=f"w{self.worker_id}-{uuid.uuid4().hex[:12]}",
             env=slot.env.name, task=spec.task, variation=spec.variation, split=spec.split,
-            goal="", first_observation="",
+            goal="", first_observation="", spec_uid=spec.uid,
         )  # fmt: skip
         start = time.perf_counter()
         try:
             reset = call_with_timeout(lambda: slot.env.reset(spec.task, spec.variation, spec.split), self.env_step_timeout_s)
-        except EnvError:
-            self.ledger.started -= 1  # bad input is the caller's error, not an episode of the run
+        except EnvError:  # bad input (an unknown task, a variation out of range): the caller's error
             raise
         except Exception as exc:  # the env itself broke: record, replace the instance, go on
             return self._fail(slot, episode, "env_reset_error", exc)
         episode.timings["env_s"] += time.perf_counter() - start
         episode.goal, episode.first_observation = reset.goal, reset.observation
-        slot.episode, slot.history, slot.version = episode, [], self.policy_version
+        slot.episode, slot.spec, slot.history, slot.version = episode, spec, [], self.policy_version
         slot.observation, slot.admissible = reset.observation, reset.info.get("admissible_actions")
         return episode
 
@@ -218,8 +232,9 @@ class RolloutWorker:
         if not batch:
             return finished
         versions = [slot.version for slot, _ in batch]
+        seeds = [turn_seed(slot.spec.seed, len(slot.episode.steps)) for slot, _ in batch]
         start = time.perf_counter()
-        generations = self.engine.generate([ids for _, ids in batch], versions, self.sampling)
+        generations = self.engine.generate([ids for _, ids in batch], versions, self.sampling, seeds if any(s is not None for s in seeds) else None)
         elapsed = time.perf_counter() - start
         for version in set(versions) - self.first_use.keys():
             self.first_use[version] = time.time()
@@ -266,7 +281,6 @@ class RolloutWorker:
                 episode.score = float(result.info["score"])
                 episode.success = bool(result.info["won"])
                 episode.status = "finished"
-                self.ledger.finished += 1
                 slot.episode = None
                 finished.append(episode)
         return finished
@@ -276,7 +290,6 @@ class RolloutWorker:
             kind = "env_timeout"
         episode.status = "failed"
         episode.failure_reason = f"{kind}: {type(exc).__name__}: {exc}"[:2000]
-        self.ledger.failed[kind] += 1
         slot.episode = None
         if kind.startswith("env_"):
             try:
@@ -290,11 +303,9 @@ class RolloutWorker:
     def report(self) -> dict:
         return {
             "worker_id": self.worker_id,
-            "ledger": self.ledger,
             "stats": self.stats,
             "version": self.policy_version,
             "first_use": dict(self.first_use),
-            "failed_attempts": [(e.episode_id, e.task, e.variation, e.failure_reason) for e in self.failed_attempts],
         }
 
     def close(self) -> None:

@@ -14,7 +14,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from actors.engine import AdapterVersions, EngineError, Generation, Sampling, check_batch
+from actors.engine import (
+    AdapterVersions,
+    EngineError,
+    Generation,
+    Sampling,
+    check_batch,
+)
 from core.adapter import AdapterWeights
 
 
@@ -84,20 +90,27 @@ class VLLMEngine:
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         return self.llm.generate(requests, params, lora_request=self._lora_requests(versions), use_tqdm=False)
 
-    def generate(self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling, seeds: Sequence[int | None] | None = None
+    ) -> list[Generation]:
         from vllm import SamplingParams
 
-        check_batch(prompts, versions)
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            logprobs=0,  # only the sampled token's log-prob
-            detokenize=False,
-        )
+        check_batch(prompts, versions, *([seeds] if seeds is not None else []))
+
+        def params(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+                logprobs=0,  # only the sampled token's log-prob
+                detokenize=False,
+            )
+
+        # A request with its own seed samples from its own generator: the same whatever else is batched.
+        per_request = [params(seed) for seed in seeds] if seeds is not None else params(sampling.seed)
         generations = []
-        for request in self._run(prompts, versions, params):
+        for request in self._run(prompts, versions, per_request):
             out = request.outputs[0]
             ids = list(out.token_ids)
             logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]

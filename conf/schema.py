@@ -67,6 +67,9 @@ class RolloutConfig:
     max_action_chars: int = 80
     env_step_timeout_s: float = 60.0  # an env reset/step slower than this counts as a hung env (0: no limit)
     max_episode_retries: int = 2  # a crashed or hung env is replaced and its episode replayed from the start
+    max_restarts: int = 3  # Ray restarts a dead rollout actor this often; its owed episodes are issued again
+    restart_timeout_s: float = 300.0  # how long to wait for a restarted actor before giving its specs to the others
+    num_gpus_per_actor: float = 0.0  # GPU clusters: engine.tensor_parallel_size GPUs per actor (conf/cluster)
 
 
 @dataclass
@@ -78,6 +81,8 @@ class LearnerConfig:
     checkpoint_every: int = 0  # N: steps between checkpoints (0: only at the end)
     num_ranks: int = 1
     num_cpus_per_rank: float = 1.0
+    num_gpus_per_rank: float = 0.0  # GPU clusters: one GPU per rank (DeepSpeed over NCCL)
+    slow_down_s: float = 0.0  # testing only: sleep after every step (a deliberately slow learner for the soak benchmark)
     num_threads: int = 0  # CPU only: torch threads per rank (0: all cores of the machine)
     zero_stage: int = 0
     lora_rank: int = 8
@@ -114,6 +119,8 @@ class RewardConfig:
     evaluator: str = "policy"  # policy: judge with the current adapter | base: frozen base model
     num_actors: int = 1  # evaluator actors, each with its own engine (same kind as the rollout's)
     num_cpus_per_actor: float = 0.0  # Ray CPUs reserved per evaluator; 0 shares the cores (engine.cpu_threads binds them)
+    num_gpus_per_actor: float = 0.0  # GPU clusters: GPUs per evaluator engine (= engine.tensor_parallel_size)
+    max_restarts: int = 3  # Ray restarts a dead evaluator this often; its batch gets env-only reward meanwhile
     batch_episodes: int = 4  # episodes per evaluator call
     timeout_s: float = 600.0  # an evaluator call slower than this degrades its episodes to env reward
     max_observation_chars: int = 300  # per observation in the hindsight transcript
@@ -138,6 +145,19 @@ class EvaluateConfig:
 class RayConfig:
     address: str | None = None  # None: start a local Ray instance; "auto" or host:port: join a cluster
     num_cpus: int | None = None  # local instance only; None = all cores
+    placement_strategy: str | None = None  # None: no placement group | PACK | SPREAD: one bundle per actor of every role
+    placement_timeout_s: float = 600.0  # how long to wait for the placement group's devices
+
+
+@dataclass
+class WandbConfig:
+    """Optional Weights & Biases logging beside metrics.jsonl and TensorBoard (launch/tracking.py)."""
+
+    mode: str = "disabled"  # disabled | offline (no account or network; `wandb sync` uploads later) | online
+    project: str = "mise-rl"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
 
 
 @dataclass
@@ -150,12 +170,15 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 0
     mode: str = "sync"  # sync: generate, then train; async: the next batch is generated while the learner trains
     episodes: int = 16  # launch.rollout: how many episodes to play
     eval_groups: int = 0  # launch.train: valid-split (task, variation) groups played before and after training
     group_size: int = 4  # rollouts per (task, variation)
     run_dir: str | None = None  # None: Hydra's output dir
+    resume: str | None = None  # a run dir: continue it from its last complete checkpoint (same config)
+    report: bool = True  # write run_dir/report/ (markdown + plots) at the end
 
 
 ENV_NAMES = ("textworld", "corridor", "scienceworld")
@@ -166,6 +189,8 @@ BUILTIN_MODELS = ("smollm2", "tiny-corridor")
 MODES = ("sync", "async")
 DTYPES = ("bfloat16", "float16", "float32")
 SPLITS = ("train", "valid", "test")
+PLACEMENT_STRATEGIES = (None, "PACK", "SPREAD")
+WANDB_MODES = ("disabled", "offline", "online")
 
 
 def register() -> None:
@@ -222,6 +247,12 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
     _check(r.env_step_timeout_s >= 0, "rollout.env_step_timeout_s", r.env_step_timeout_s, "a number of seconds >= 0 (0: no limit)")
     _check(r.max_episode_retries >= 0, "rollout.max_episode_retries", r.max_episode_retries, "an integer >= 0")
+    _check(r.max_restarts >= 0, "rollout.max_restarts", r.max_restarts, "an integer >= 0")
+    _check(r.restart_timeout_s > 0, "rollout.restart_timeout_s", r.restart_timeout_s, "a number of seconds > 0")
+    _check(r.num_gpus_per_actor >= 0, "rollout.num_gpus_per_actor", r.num_gpus_per_actor, "a number >= 0")
+    if r.num_gpus_per_actor:
+        _check(r.num_gpus_per_actor == g.tensor_parallel_size, "rollout.num_gpus_per_actor", r.num_gpus_per_actor,
+               f"equal to engine.tensor_parallel_size={g.tensor_parallel_size} (each actor's engine spans its GPUs)")  # fmt: skip
     l = cfg.learner
     _check(l.steps >= 1, "learner.steps", l.steps, "an integer >= 1")
     _check(l.episodes_per_step >= 1, "learner.episodes_per_step", l.episodes_per_step, "an integer >= 1")
@@ -231,6 +262,8 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(l.checkpoint_every >= 0, "learner.checkpoint_every", l.checkpoint_every, "an integer >= 0 (0: only at the end)")
     _check(l.num_ranks >= 1, "learner.num_ranks", l.num_ranks, "an integer >= 1")
     _check(l.num_cpus_per_rank >= 0, "learner.num_cpus_per_rank", l.num_cpus_per_rank, "a number >= 0")
+    _check(l.num_gpus_per_rank in (0, 1), "learner.num_gpus_per_rank", l.num_gpus_per_rank, "0 (CPU) or 1 (one GPU per rank)")
+    _check(l.slow_down_s >= 0, "learner.slow_down_s", l.slow_down_s, "a number of seconds >= 0")
     _check(l.num_threads >= 0, "learner.num_threads", l.num_threads, "an integer >= 0 (0: all cores)")
     _check(l.zero_stage in (0, 1, 2, 3), "learner.zero_stage", l.zero_stage, "one of 0, 1, 2, 3")
     _check(l.lora_rank >= 1, "learner.lora_rank", l.lora_rank, "an integer >= 1")
@@ -263,6 +296,8 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(w.evaluator in EVALUATORS, "reward.evaluator", w.evaluator, f"one of {EVALUATORS}")
     _check(w.num_actors >= 1, "reward.num_actors", w.num_actors, "an integer >= 1")
     _check(w.num_cpus_per_actor >= 0, "reward.num_cpus_per_actor", w.num_cpus_per_actor, "a number >= 0")
+    _check(w.num_gpus_per_actor >= 0, "reward.num_gpus_per_actor", w.num_gpus_per_actor, "a number >= 0")
+    _check(w.max_restarts >= 0, "reward.max_restarts", w.max_restarts, "an integer >= 0")
     _check(w.batch_episodes >= 1, "reward.batch_episodes", w.batch_episodes, "an integer >= 1")
     _check(w.timeout_s > 0, "reward.timeout_s", w.timeout_s, "a number > 0 (seconds)")
     _check(w.max_observation_chars >= 16, "reward.max_observation_chars", w.max_observation_chars, "an integer >= 16")
@@ -282,6 +317,12 @@ def validate(cfg: DictConfig | Config) -> Config:
         _check(Path(v.adapter).is_dir(), "evaluate.adapter", v.adapter, "an existing PEFT adapter folder (e.g. <run>/checkpoints/final/adapter) or null")
     _check(v.split in SPLITS, "evaluate.split", v.split, f"one of {SPLITS}")
     _check(v.episodes_per_task >= 1, "evaluate.episodes_per_task", v.episodes_per_task, "an integer >= 1")
+    _check(cfg.wandb.mode in WANDB_MODES, "wandb.mode", cfg.wandb.mode, f"one of {WANDB_MODES}")
+    _check(bool(cfg.wandb.project), "wandb.project", cfg.wandb.project, "a non-empty W&B project name")
+    _check(cfg.ray.placement_strategy in PLACEMENT_STRATEGIES, "ray.placement_strategy", cfg.ray.placement_strategy, f"one of {PLACEMENT_STRATEGIES}")
+    _check(cfg.ray.placement_timeout_s > 0, "ray.placement_timeout_s", cfg.ray.placement_timeout_s, "a number of seconds > 0")
+    if cfg.resume is not None:
+        _check(Path(cfg.resume, "checkpoints").is_dir(), "resume", cfg.resume, "a run dir that holds checkpoints/ (set learner.checkpoint_every to write some)")
     if cfg.ray.num_cpus is not None:
         _check(cfg.ray.num_cpus >= 1, "ray.num_cpus", cfg.ray.num_cpus, "an integer >= 1 or null")
     return cfg

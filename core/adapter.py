@@ -14,6 +14,23 @@ from pathlib import Path
 import torch
 
 
+@dataclass(frozen=True)
+class Published:
+    """The current policy version as a message to actors: its number and its object-store reference.
+
+    The reference travels inside a list, so Ray hands it over as a reference and an actor fetches
+    the tensors only when it does not hold that version yet (a restarted actor catching up).
+    """
+
+    version: int
+    refs: list
+
+    def fetch(self) -> AdapterWeights:
+        import ray
+
+        return ray.get(self.refs[0])
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded as it is."""
 

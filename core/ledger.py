@@ -1,13 +1,19 @@
-"""Episode accounting: every episode is counted once per stage it passes.
+"""Episode accounting, kept in one place for the whole run (the reward stage, which sees every episode).
 
-At any moment ``started == finished + failed + in_flight``; at the end of a run ``in_flight == 0`` and
-every finished episode is trained or dropped with a reason (the learner stages fill those counters).
+An attempt is counted ``started`` when it is handed to a rollout actor; it ends ``finished`` or
+``failed`` (by reason). A failed attempt whose spec is played again counts one ``retried`` and one more
+``started``. Finished episodes are ``scored`` (``degraded``: env-only reward), ``queued`` for the
+learner and then ``trained`` or ``dropped`` with a reason (stale, evaluation). At any moment
+``started == finished + failed + in_flight``; at the end of a run nothing is in flight and every
+finished episode is trained or dropped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+
+from core.episode import Episode
 
 
 class LedgerError(AssertionError):
@@ -25,6 +31,7 @@ class EpisodeLedger:
     queued: int = 0
     trained: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    late: int = 0  # attempts that arrived after being written off (their actor had died): not counted again
 
     @property
     def num_failed(self) -> int:
@@ -34,26 +41,30 @@ class EpisodeLedger:
     def in_flight(self) -> int:
         return self.started - self.finished - self.num_failed
 
+    def end(self, episode: Episode) -> None:
+        """Count one ended attempt (a retried one also starts its replay)."""
+        if episode.status == "finished":
+            self.finished += 1
+        else:
+            self.failed[failure_kind(episode)] += 1
+        if episode.retried:
+            self.retried += 1
+            self.started += 1
+
     def merge(self, other: EpisodeLedger) -> EpisodeLedger:
-        """Sum of two ledgers (the driver adds up its actors' ledgers)."""
-        return EpisodeLedger(
-            started=self.started + other.started,
-            finished=self.finished + other.finished,
-            failed=self.failed + other.failed,
-            retried=self.retried + other.retried,
-            scored=self.scored + other.scored,
-            degraded=self.degraded + other.degraded,
-            queued=self.queued + other.queued,
-            trained=self.trained + other.trained,
-            dropped=self.dropped + other.dropped,
-        )
+        """Sum of two ledgers."""
+        return EpisodeLedger(**{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__})
 
     def check(self, *, expect_idle: bool) -> None:
-        """Raise LedgerError unless the counters balance (and nothing is in flight when idle)."""
+        """Raise LedgerError unless the counters balance (and, when idle, every episode is accounted for)."""
         if self.in_flight < 0:
             raise LedgerError(f"more episodes ended than started: {self.as_dict()}")
-        if expect_idle and self.in_flight != 0:
+        if not expect_idle:
+            return
+        if self.in_flight != 0:
             raise LedgerError(f"{self.in_flight} episodes still in flight at the end: {self.as_dict()}")
+        if self.trained + sum(self.dropped.values()) != self.finished:
+            raise LedgerError(f"finished episodes are not all trained or dropped: {self.as_dict()}")
 
     def as_dict(self) -> dict[str, int | dict[str, int]]:
         return {
@@ -67,4 +78,16 @@ class EpisodeLedger:
             "queued": self.queued,
             "trained": self.trained,
             "dropped": dict(self.dropped),
+            "late": self.late,
         }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> EpisodeLedger:
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        fields["failed"], fields["dropped"] = Counter(record.get("failed", {})), Counter(record.get("dropped", {}))
+        return cls(**fields)
+
+
+def failure_kind(episode: Episode) -> str:
+    """The reason class of a failed attempt: the part of ``failure_reason`` before the first colon."""
+    return (episode.failure_reason or "unknown").split(":", 1)[0]

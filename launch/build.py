@@ -22,9 +22,8 @@ def resolve_model_dir(cfg: Config) -> str:
     if cfg.model.path:
         return cfg.model.path
     if cfg.model.builtin == "tiny-corridor":
-        from launch.tiny_model import ensure_tiny_corridor_model
-
         from envs.corridor import corridor_length
+        from launch.tiny_model import ensure_tiny_corridor_model
 
         longest = max(corridor_length(task) for task in cfg.env.tasks)
         return str(ensure_tiny_corridor_model(longest, cfg.rollout.history_window))
@@ -46,41 +45,105 @@ def start_ray(cfg: Config) -> None:
         ray.init(address=address)
 
 
-def check_resources(cfg: Config) -> None:
-    """Stop before any actor starts if Ray cannot schedule every role at once (the run would wait
-    forever for the missing one); the message lists what each role asks for and the keys that set it."""
+def _roles(cfg: Config) -> list[tuple[str, str, int, float, float, str]]:
+    """(role, name, count, CPUs each, GPUs each, the config keys that set them) of every actor group."""
     roles = [
-        ("rollout actors", cfg.rollout.num_actors, cfg.rollout.num_cpus_per_actor, "rollout.num_actors x rollout.num_cpus_per_actor"),
-        ("learner ranks", cfg.learner.num_ranks, cfg.learner.num_cpus_per_rank, "learner.num_ranks x learner.num_cpus_per_rank"),
+        ("rollout", "rollout actors", cfg.rollout.num_actors, cfg.rollout.num_cpus_per_actor, cfg.rollout.num_gpus_per_actor, "rollout.num_actors x rollout.num_{cpus,gpus}_per_actor"),
+        ("learner", "learner ranks", cfg.learner.num_ranks, cfg.learner.num_cpus_per_rank, cfg.learner.num_gpus_per_rank, "learner.num_ranks x learner.num_{cpus,gpus}_per_rank"),
     ]
     if cfg.reward.mode != "env":
-        roles.append(("evaluator actors", cfg.reward.num_actors, cfg.reward.num_cpus_per_actor, "reward.num_actors x reward.num_cpus_per_actor"))
-    need = sum(count * cpus for _, count, cpus, _ in roles)
-    have = ray.cluster_resources().get("CPU", 0.0)
-    if need > have + 1e-9:
-        asked = "; ".join(f"{name}: {count} x {cpus:g} ({keys})" for name, count, cpus, keys in roles)
+        roles.append(("reward", "evaluator actors", cfg.reward.num_actors, cfg.reward.num_cpus_per_actor, cfg.reward.num_gpus_per_actor, "reward.num_actors x reward.num_{cpus,gpus}_per_actor"))
+    return roles
+
+
+def check_resources(cfg: Config) -> None:
+    """Stop before any actor starts if Ray cannot schedule every role at once (the run would wait
+    forever for the missing one); the message lists what is missing and the keys that ask for it."""
+    have = ray.cluster_resources()
+    missing = []
+    for resource, index in (("CPU", 3), ("GPU", 4)):
+        need = sum(role[2] * role[index] for role in _roles(cfg))
+        if need > have.get(resource, 0.0) + 1e-9:
+            asked = "; ".join(f"{role[1]}: {role[2]} x {role[index]:g} ({role[5]})" for role in _roles(cfg) if role[index])
+            missing.append(f"{need:g} {resource}s but the cluster has {have.get(resource, 0.0):g} ({asked})")
+    if missing:
         raise ConfigError(
-            f"the run needs {need:g} CPUs in Ray but the cluster has {have:g}: {asked}. "
-            f"Lower those, or give Ray more CPUs (ray.num_cpus for a local instance, or more nodes)."
+            "the run needs " + " and ".join(missing) + ". Lower those, or give Ray more "
+            "(ray.num_cpus for a local instance, more nodes, or a conf/cluster preset that fits the cluster)."
         )
 
 
-def episode_specs(cfg: Config, num_groups: int, split: str, seed: int) -> list[EpisodeSpec]:
-    """``num_groups`` random (task, variation) pairs of ``split``, each repeated ``group_size`` times."""
+class Placement:
+    """Where each role's actors go: one Ray placement group with a bundle per actor, or none.
+
+    The learner ranks' bundles are a separate STRICT_PACK group, so all ranks share one node and reach
+    rank 0 on 127.0.0.1. ``bundles(role)`` returns a function from an actor's index to the scheduling
+    options that pin it to its bundle (None without placement groups).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        from ray.util.placement_group import placement_group
+
+        self.groups: dict[str, object] = {}
+        self.offsets: dict[str, int] = {}
+        strategy = cfg.ray.placement_strategy
+        if strategy is None:
+            return
+        actors: list[dict] = []
+        for role, _, count, cpus, gpus, _ in _roles(cfg):
+            bundle = {"CPU": max(cpus, 0.01), **({"GPU": gpus} if gpus else {})}  # a bundle may not be empty
+            if role == "learner":
+                self.groups["learner"] = placement_group([bundle] * count, strategy="STRICT_PACK")
+                self.offsets["learner"] = 0
+            else:
+                self.offsets[role] = len(actors)
+                actors += [bundle] * count
+        self.groups["actors"] = placement_group(actors, strategy=strategy)
+        for name, group in self.groups.items():
+            try:
+                ray.get(group.ready(), timeout=cfg.ray.placement_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                self.remove()
+                raise ConfigError(
+                    f"the {name} placement group ({group.bundle_specs}) was not ready after ray.placement_timeout_s="
+                    f"{cfg.ray.placement_timeout_s:g} s: the cluster has {ray.available_resources()} free"
+                ) from None
+
+    def bundles(self, role: str):
+        if role not in self.offsets:
+            return None
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = self.groups["learner" if role == "learner" else "actors"]
+        offset = self.offsets[role]
+        return lambda index: {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=offset + index)}
+
+    def remove(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in self.groups.values():
+            remove_placement_group(group)
+        self.groups = {}
+
+
+def episode_specs(cfg: Config, num_groups: int, split: str, seed: int, uid_prefix: str) -> list[EpisodeSpec]:
+    """``num_groups`` random (task, variation) pairs of ``split``, each repeated ``group_size`` times.
+    Each spec gets a uid (``<prefix>-<index>``) and its own sampling seed drawn from ``seed``."""
     rng = random.Random(seed)
     count = cfg.env.variations[split]
     specs = []
     for g in range(num_groups):
         task = cfg.env.tasks[g % len(cfg.env.tasks)]
         variation = rng.randrange(count)
-        specs.extend([EpisodeSpec(task, variation, split)] * cfg.group_size)
+        for _ in range(cfg.group_size):
+            specs.append(EpisodeSpec(task, variation, split, uid=f"{uid_prefix}-{len(specs):05d}", seed=rng.randrange(2**31)))
     return specs
 
 
 def step_specs(cfg: Config, step: int) -> list[EpisodeSpec]:
     """The training episodes of learner step ``step`` (a different draw of variations every step)."""
     groups = cfg.learner.episodes_per_step // cfg.group_size
-    return episode_specs(cfg, groups, cfg.env.split, seed=cfg.seed * 100_003 + step)
+    return episode_specs(cfg, groups, cfg.env.split, seed=cfg.seed * 100_003 + step, uid_prefix=f"step{step:05d}")
 
 
 def shard(items: list, parts: int) -> list[list]:
@@ -104,7 +167,9 @@ def engine_threads(cfg: Config, num_engines: int, index: int) -> str:
     return split_cores(sorted(os.sched_getaffinity(0)), num_engines, index)
 
 
-def make_rollout_actors(cfg: Config, model_dir: str) -> list:
+def make_rollout_actors(cfg: Config, model_dir: str, bundles=None) -> list:
+    """Ray restarts a dead actor up to ``rollout.max_restarts`` times (``actors.dispatch`` re-issues
+    its episodes); ``bundles`` pins actor i to its placement-group bundle."""
     r = cfg.rollout
     sampling = Sampling(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=None)
     prompt = PromptSettings(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars)
@@ -113,8 +178,10 @@ def make_rollout_actors(cfg: Config, model_dir: str) -> list:
         engine_factory = _EngineFactory(cfg, model_dir, engine_threads(cfg, r.num_actors, i), seed=cfg.seed + i)
         actor = RolloutActor.options(
             num_cpus=r.num_cpus_per_actor,
+            num_gpus=r.num_gpus_per_actor,
+            max_restarts=r.max_restarts,
             runtime_env={"env_vars": ACTOR_ENV_VARS},
-            name=None,
+            **(bundles(i) if bundles else {}),
         ).remote(
             i, engine_factory, _EnvFactory(cfg), model_dir, r.envs_per_actor, sampling, prompt, cfg.engine.max_model_len,
             env_step_timeout_s=r.env_step_timeout_s, max_episode_retries=r.max_episode_retries,
@@ -123,7 +190,7 @@ def make_rollout_actors(cfg: Config, model_dir: str) -> list:
     return actors
 
 
-def make_evaluators(cfg: Config, model_dir: str) -> list:
+def make_evaluators(cfg: Config, model_dir: str, bundles=None) -> list:
     """The reward pool's evaluator actors (none in ``env`` mode), each with an engine of the rollout's kind."""
     from reward.evaluator import EvaluatorActor
     from reward.stage import hindsight_settings
@@ -134,7 +201,10 @@ def make_evaluators(cfg: Config, model_dir: str) -> list:
     for i in range(cfg.reward.num_actors):
         factory = _EngineFactory(cfg, model_dir, engine_threads(cfg, cfg.reward.num_actors, i), seed=cfg.seed + 1000 + i)
         evaluators.append(
-            EvaluatorActor.options(num_cpus=cfg.reward.num_cpus_per_actor, runtime_env={"env_vars": ACTOR_ENV_VARS}).remote(
+            EvaluatorActor.options(
+                num_cpus=cfg.reward.num_cpus_per_actor, num_gpus=cfg.reward.num_gpus_per_actor, max_restarts=cfg.reward.max_restarts,
+                runtime_env={"env_vars": ACTOR_ENV_VARS}, **(bundles(i) if bundles else {}),
+            ).remote(
                 factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len
             )
         )
@@ -168,7 +238,11 @@ def begin_run(dict_cfg) -> tuple[Config, Path]:
     from omegaconf import OmegaConf
 
     cfg = validate(dict_cfg)
-    if cfg.run_dir:
+    if cfg.resume:
+        path = Path(cfg.resume)  # a resumed run goes on in its own run dir
+        if (path / "config.yaml").exists():
+            (path / "config.yaml").rename(path / f"config.before-resume-{len(list(path.glob('config.before-resume-*')))}.yaml")
+    elif cfg.run_dir:
         path = Path(cfg.run_dir)
     else:
         from hydra.core.hydra_config import HydraConfig

@@ -26,7 +26,13 @@ from actors.rollout import EpisodeSpec
 from conf.schema import Config, register
 from core.adapter import AdapterWeights
 from core.episode import Episode
-from launch.build import begin_run, make_rollout_actors, prepare_env_assets, resolve_model_dir, start_ray
+from launch.build import (
+    begin_run,
+    make_rollout_actors,
+    prepare_env_assets,
+    resolve_model_dir,
+    start_ray,
+)
 from launch.rollout import play
 
 register()
@@ -37,7 +43,7 @@ def evaluation_specs(cfg: Config) -> list[EpisodeSpec]:
     available = cfg.env.variations.get(cfg.evaluate.split)
     if available is not None and k > available:
         raise ValueError(f"evaluate.episodes_per_task={k} exceeds the {available} variations of split {cfg.evaluate.split!r} (env.variations)")
-    return [EpisodeSpec(task, v, cfg.evaluate.split) for task in cfg.env.tasks for v in range(k)]
+    return [EpisodeSpec(task, v, cfg.evaluate.split, uid=f"{task}-{v}") for task in cfg.env.tasks for v in range(k)]
 
 
 def results(episodes: list[Episode], tasks: list[str]) -> dict:
@@ -81,7 +87,7 @@ def main(dict_cfg: DictConfig) -> dict:
         ref = ray.put(adapter)
         ray.get([a.load_adapter.remote(ref) for a in actors])
     with open(run_dir / "episodes.jsonl", "w") as out:
-        episodes, _ = play(cfg, actors, specs, out)
+        episodes, _, _ = play(cfg, actors, specs, out)
     ray.get([a.close.remote() for a in actors])
     table = results(episodes, list(cfg.env.tasks))
     table.update(

@@ -4,7 +4,8 @@
     python -m launch.rollout env=corridor engine=hf episodes=8
 
 Prints success rate, mean score, generation tokens/s and env steps/s; writes ``episodes.jsonl`` and
-``summary.json`` into the run dir, and checks the episode ledger (started = finished + failed).
+``summary.json`` into the run dir, and checks the episode ledger (started = finished + failed, one
+final episode per spec).
 """
 
 from __future__ import annotations
@@ -15,47 +16,48 @@ import time
 import hydra
 import ray
 from omegaconf import DictConfig
-from ray.util.queue import Empty, Queue
+from ray.util.queue import Queue
 from tqdm import tqdm
 
+from actors.dispatch import RolloutDispatch
 from actors.rollout import ThroughputStats
 from conf.schema import register
 from core.episode import Episode
 from core.ledger import EpisodeLedger
-from launch.build import begin_run, episode_specs, make_rollout_actors, prepare_env_assets, resolve_model_dir, shard, start_ray
+from launch.build import (
+    begin_run,
+    episode_specs,
+    make_rollout_actors,
+    prepare_env_assets,
+    resolve_model_dir,
+    start_ray,
+)
 
 register()
 
 
-def play(cfg, actors: list, specs: list, out_file) -> tuple[list[Episode], float]:
-    """Stream the specs through the actors; write each episode as it arrives. Returns (episodes, wall s)."""
+def play(cfg, actors: list, specs: list, out_file) -> tuple[list[Episode], EpisodeLedger, float]:
+    """Play the specs through the actors (a dead actor's specs are issued again); write each final
+    episode as it arrives. Returns (episodes, ledger, wall s)."""
     queue = Queue(maxsize=4 * len(actors) * cfg.rollout.envs_per_actor)
-    chunks = shard(specs, len(actors))
+    ledger = EpisodeLedger()
+    dispatch = RolloutDispatch(actors, queue, ledger, cfg.rollout.restart_timeout_s)
     start = time.perf_counter()
-    pending = [actor.stream.remote(chunk, queue) for actor, chunk in zip(actors, chunks)]
     episodes: list[Episode] = []
     with tqdm(total=len(specs), desc="episodes", unit="ep") as bar:
-        while len(episodes) < len(specs):
-            try:
-                episode = queue.get(timeout=1.0)
-            except Empty:
-                done, pending = ray.wait(pending, timeout=0, num_returns=len(pending))
-                ray.get(done)  # re-raises an actor's error instead of waiting forever
-                continue
+        for episode in dispatch.play(specs):
             episodes.append(episode)
             out_file.write(episode.to_json() + "\n")
             wins = sum(e.success for e in episodes)
             bar.set_postfix(success=f"{wins / len(episodes):.2f}", failed=sum(e.status == "failed" for e in episodes))
             bar.update()
-    ray.get(pending)
-    return episodes, time.perf_counter() - start
+    queue.shutdown()
+    return episodes, ledger, time.perf_counter() - start
 
 
-def summarize(episodes: list[Episode], reports: list[dict], wall_s: float) -> dict:
-    ledger = EpisodeLedger()
+def summarize(episodes: list[Episode], ledger: EpisodeLedger, reports: list[dict], wall_s: float) -> dict:
     stats = ThroughputStats()
     for report in reports:
-        ledger = ledger.merge(report["ledger"])
         stats = stats.add(report["stats"])
     finished = [e for e in episodes if e.status == "finished"]
     steps = sum(len(e.steps) for e in episodes)
@@ -83,17 +85,17 @@ def summarize(episodes: list[Episode], reports: list[dict], wall_s: float) -> di
 def main(dict_cfg: DictConfig) -> dict:
     cfg, run_dir = begin_run(dict_cfg)
     model_dir = resolve_model_dir(cfg)
-    specs = episode_specs(cfg, cfg.episodes // cfg.group_size, cfg.env.split, cfg.seed)
+    specs = episode_specs(cfg, cfg.episodes // cfg.group_size, cfg.env.split, cfg.seed, uid_prefix="rollout")
     prepare_env_assets(cfg, specs)
     start_ray(cfg)
     actors = make_rollout_actors(cfg, model_dir)
     with open(run_dir / "episodes.jsonl", "w") as out:
-        episodes, wall_s = play(cfg, actors, specs, out)
-    reports = ray.get([a.report.remote() for a in actors])
-    summary = summarize(episodes, reports, wall_s)
+        episodes, ledger, wall_s = play(cfg, actors, specs, out)
+    ledger.check(expect_idle=False)
+    if ledger.in_flight != 0 or ledger.started != len(episodes) + ledger.retried:
+        raise RuntimeError(f"episode accounting does not balance: {ledger.as_dict()} for {len(episodes)} episodes received")
+    summary = summarize(episodes, ledger, ray.get([a.report.remote() for a in actors]), wall_s)
     ledger = summary["ledger"]
-    if ledger["in_flight"] != 0 or ledger["started"] != len(episodes) + ledger["retried"]:
-        raise RuntimeError(f"episode accounting does not balance: {ledger} for {len(episodes)} episodes received")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"\nepisodes {summary['episodes']} (finished {summary['finished']}, failed {summary['failed']})  "

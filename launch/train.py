@@ -13,20 +13,28 @@ then at most ``learner.staleness`` versions old; older ones are dropped and coun
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import ray
 from omegaconf import DictConfig
+from ray.exceptions import RayActorError
 from ray.util.queue import Queue
 from tqdm import tqdm
 
+from actors.dispatch import RolloutDispatch
 from conf.schema import Config, ConfigError, register
+from core.adapter import CheckpointError, Published
 from core.ledger import EpisodeLedger
 from launch.build import (
+    Placement,
     begin_run,
     check_resources,
     episode_specs,
@@ -34,15 +42,20 @@ from launch.build import (
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
-    shard,
     start_ray,
     step_specs,
 )
+from launch.tracking import RunLogger, WandbSettings
 from learner.learner import Learner
 from reward.stage import RewardActor
 
 register()
+log = logging.getLogger(__name__)
 LearnerActor = ray.remote(Learner)
+
+
+class LearnerDied(RuntimeError):
+    """A learner rank is gone; the run stops with its last checkpoint intact."""
 
 
 def free_port() -> int:
@@ -51,129 +64,213 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_learners(cfg: Config, model_dir: str) -> list:
-    """One Ray actor per rank; the driver sets the rank variables torch.distributed reads."""
+def make_learners(cfg: Config, model_dir: str, bundles=None) -> list:
+    """One Ray actor per rank; the driver sets the rank variables torch.distributed reads. The ranks
+    share one node (``launch.build.placement`` packs them), so rank 0 is reachable on 127.0.0.1."""
     world, port = cfg.learner.num_ranks, free_port()
     ranks = []
     for rank in range(world):
-        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
-        ranks.append(
-            LearnerActor.options(num_cpus=cfg.learner.num_cpus_per_rank, runtime_env={"env_vars": env}).remote(
-                cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed
-            )
-        )
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank), "WORLD_SIZE": str(world)}
+        options = dict(num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, runtime_env={"env_vars": env})
+        ranks.append(LearnerActor.options(**options, **(bundles(rank) if bundles else {})).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed))
     return ranks
 
 
 class Pipeline:
-    """The actors of one run and the two queues between them, driven one learner step at a time."""
+    """The actors of one run and the two queues between them, driven one learner step at a time.
+
+    The pipeline keeps the run's one episode ledger: each reward-stage call returns the counts of the
+    attempts it handled, and the learners' results add what was trained or dropped as stale.
+    """
 
     def __init__(self, cfg: Config, model_dir: str) -> None:
         self.cfg = cfg
-        self.actors = make_rollout_actors(cfg, model_dir)
-        self.evaluators = make_evaluators(cfg, model_dir)
-        self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward, self.evaluators)
-        self.learners = make_learners(cfg, model_dir)
+        self.placement = Placement(cfg)
+        self.actors = make_rollout_actors(cfg, model_dir, self.placement.bundles("rollout"))
+        self.evaluators = make_evaluators(cfg, model_dir, self.placement.bundles("reward"))
         size = cfg.learner.episodes_per_step
         self.rollout_queue = Queue(maxsize=2 * size)
         self.learner_queue = Queue(maxsize=2 * size)  # bounded: a slow learner slows the rollouts down
+        dispatch = RolloutDispatch(self.actors, self.rollout_queue, EpisodeLedger(), cfg.rollout.restart_timeout_s)
+        self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward, self.evaluators, dispatch)
+        self.learners = make_learners(cfg, model_dir, self.placement.bundles("learner"))
+        self.published: Published | None = None
         self.publish_times: dict[int, float] = {}
-        self.evaluated = 0  # finished evaluation episodes: counted, never trained on
+        self.ledger = EpisodeLedger()
 
     def generate(self, step: int) -> ray.ObjectRef:
-        """Start one batch: the actors stream into the rollout queue, the reward stage pumps it on.
-        Returns the reward stage's result: ``queued`` (episodes for the learner) and reward metrics."""
-        specs = step_specs(self.cfg, step)
-        for actor, chunk in zip(self.actors, shard(specs, len(self.actors))):
-            if chunk:
-                actor.stream.remote(chunk, self.rollout_queue)
-        return self.reward.pump.remote(self.rollout_queue, self.learner_queue, len(specs))
+        """Start one batch: the reward stage hands the step's specs to the rollout actors and pumps
+        their episodes on. Returns its result: ``queued``, ``ledger``, ``self_eval`` and reward metrics."""
+        return self.reward.pump.remote(step_specs(self.cfg, step), self.learner_queue, self.published)
 
     def train(self, num_episodes: int) -> dict:
         world = len(self.learners)
         shares = [num_episodes // world + (r < num_episodes % world) for r in range(world)]
-        results = ray.get([l.train_from_queue.remote(self.learner_queue, n) for l, n in zip(self.learners, shares)])
+        results = self._learner_call([l.train_from_queue.remote(self.learner_queue, n) for l, n in zip(self.learners, shares)])
         merged = dict(results[0])
         for key in ("episodes", "successes", "trained_episodes", "env_steps", "dropped_stale", "samples", "action_tokens", "train_tokens"):
             merged[key] = sum(r[key] for r in results)
         merged["train_s"] = max(r["train_s"] for r in results)
         merged["success_rate"] = merged["successes"] / max(merged["episodes"], 1)
+        self.ledger.trained += merged["trained_episodes"]
+        self.ledger.dropped["stale"] += merged["dropped_stale"]
         return merged
 
-    def publish(self) -> tuple[int, list[ray.ObjectRef]]:
+    def publish(self, adapters: list | None = None) -> tuple[int, list[ray.ObjectRef]]:
         """Gather the adapter (every rank takes part under ZeRO-3), put it once into the object store,
         and queue a load on every actor. Returns the version and the actors' pending loads."""
         start = time.time()
-        adapters = ray.get([l.publish.remote() for l in self.learners])
+        adapters = adapters or self._learner_call([l.publish.remote() for l in self.learners])
         ref = ray.put(adapters[0])
+        self.published = Published(adapters[0].version, [ref])
         loads = [a.load_adapter.remote(ref) for a in self.actors + self.evaluators]
         self.publish_times[adapters[0].version] = start
         return adapters[0].version, loads
 
     def evaluate(self, specs: list) -> dict:
-        """Play ``specs`` with each actor's current policy; the episodes are not trained on."""
-        chunks = shard(specs, len(self.actors))
-        episodes = [e for batch in ray.get([a.run.remote(c) for a, c in zip(self.actors, chunks) if c]) for e in batch]
+        """Play ``specs`` with the current policy; the episodes are not trained on."""
+        episodes, ledger = ray.get(self.reward.play.remote(specs, self.published))
+        self.ledger = self.ledger.merge(ledger)
         finished = [e for e in episodes if e.status == "finished"]
-        self.evaluated += len(finished)
         return {
             "episodes": len(episodes),
             "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
             "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
         }
 
-    def checkpoint(self, directory: Path) -> None:
-        ray.get([l.save_checkpoint.remote(str(directory)) for l in self.learners])
+    def checkpoint(self, directory: Path, driver_state: dict) -> Path:
+        """Learner state, reward-stage state and the driver's state, written to a temporary folder
+        first: a folder named ``step*`` or ``final`` is always complete."""
+        partial = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        self._learner_call([l.save_checkpoint.remote(str(partial)) for l in self.learners])
+        (partial / "reward_state.json").write_text(json.dumps(ray.get(self.reward.state_dict.remote())))
+        (partial / "driver_state.json").write_text(json.dumps({**driver_state, "ledger": self.ledger.as_dict()}))
+        shutil.rmtree(directory, ignore_errors=True)
+        partial.rename(directory)
+        return directory
+
+    def restore(self, directory: Path) -> dict:
+        """Load a checkpoint into the learners and the reward stage and give the actors its adapter."""
+        states = self._learner_call([l.load_checkpoint.remote(str(directory)) for l in self.learners])
+        ray.get(self.reward.load_state_dict.remote(json.loads((directory / "reward_state.json").read_text())))
+        driver = json.loads((directory / "driver_state.json").read_text())
+        self.ledger = EpisodeLedger.from_dict(driver["ledger"])
+        adapters = self._learner_call([l.current_adapter.remote() for l in self.learners])
+        if states[0]["version"] > 0:
+            _, loads = self.publish(adapters)
+            wait_for_loads(loads)
+        return driver
+
+    def _learner_call(self, refs: list) -> list:
+        try:
+            return ray.get(refs)
+        except RayActorError as error:
+            raise LearnerDied(f"a learner rank died: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
 
     def close(self) -> None:
         for actor in self.actors + self.evaluators + self.learners + [self.reward]:
             ray.kill(actor)
         self.rollout_queue.shutdown()
         self.learner_queue.shutdown()
+        self.placement.remove()
+
+
+def wait_for_loads(loads: list[ray.ObjectRef]) -> None:
+    """Wait for the actors' adapter loads. An actor that died meanwhile is not waited for: once Ray
+    has restarted it, it loads the current version before its next batch (``Published``)."""
+    for ref in loads:
+        try:
+            ray.get(ref)
+        except RayActorError as error:
+            log.warning("an actor died before loading the new adapter (it catches up after its restart): %s", str(error).splitlines()[0])
 
 
 def first_token_latencies(pipeline: Pipeline) -> dict[int, float]:
     """publish -> first token generated on that version, over all actors (seconds)."""
     firsts: dict[int, float] = {}
-    for report in ray.get([a.report.remote() for a in pipeline.actors]):
+    for report in actor_reports(pipeline):
         for version, t in report["first_use"].items():
             firsts[version] = min(firsts.get(version, t), t)
     return {v: firsts[v] - t0 for v, t0 in pipeline.publish_times.items() if v in firsts}
 
 
-def run(cfg: Config, run_dir: Path) -> dict:
+def actor_reports(pipeline: Pipeline) -> list[dict]:
+    """The rollout actors' throughput reports (an actor restarted during the run reports since then)."""
+    reports = []
+    for ref in [a.report.remote() for a in pipeline.actors]:
+        try:
+            reports.append(ray.get(ref))
+        except RayActorError:
+            continue
+    return reports
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run dir (``final`` counts as the newest)."""
+    root = run_dir / "checkpoints"
+    if (root / "final" / "driver_state.json").exists():
+        return root / "final"
+    steps = [p for p in root.glob("step*") if p.is_dir() and not p.name.endswith(".partial") and (p / "driver_state.json").exists()]
+    return max(steps, key=lambda p: int(p.name[4:]), default=None)
+
+
+def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"config rollout.temperature={cfg.rollout.temperature!r} is invalid: training samples, so it must be > 0")
+    resume_from = None
+    if cfg.resume:
+        resume_from = last_checkpoint(Path(cfg.resume))
+        if resume_from is None:
+            raise CheckpointError(f"config resume={cfg.resume!r}: no complete checkpoint under {Path(cfg.resume) / 'checkpoints'}")
     model_dir = resolve_model_dir(cfg)
     prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in step_specs(cfg, step)])
     start_ray(cfg)
     check_resources(cfg)
-    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed) if cfg.eval_groups else []
+    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval") if cfg.eval_groups else []
     prepare_env_assets(cfg, eval_specs)
     wall_start = time.perf_counter()
     pipeline = Pipeline(cfg, model_dir)
     try:
-        return train_loop(cfg, run_dir, pipeline, eval_specs, wall_start)
+        return train_loop(cfg, run_dir, pipeline, eval_specs, wall_start, resume_from)
+    except LearnerDied as error:
+        last = last_checkpoint(run_dir)
+        where = f"The last complete checkpoint is {last}." if last else "No checkpoint was written yet (learner.checkpoint_every)."
+        raise LearnerDied(f"{error}. The run stopped. {where}" + (f" Resume with:\n  {resume_command}" if last and resume_command else "")) from error
     finally:
         pipeline.close()  # a Hydra multirun starts the next run in this process and Ray instance
 
 
-def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list, wall_start: float) -> dict:
-    evaluations = {"before": pipeline.evaluate(eval_specs)} if eval_specs else {}
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    metrics_file = open(run_dir / "metrics.jsonl", "w")
+def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list, wall_start: float, resume_from: Path | None = None) -> dict:
     history: list[dict] = []
     time_split = {"wait_for_episodes": 0.0, "train": 0.0, "publish": 0.0}
-    pending = pipeline.generate(0)
+    evaluations: dict = {}
+    first_step = 0
+    if resume_from is not None:
+        driver = pipeline.restore(resume_from)
+        history, time_split, evaluations, first_step = driver["history"], driver["time_split"], driver["evaluations"], driver["step"]
+        wall_start -= driver["wall_s"]
+        print(f"resumed from {resume_from} at step {first_step}")
+    elif eval_specs:
+        evaluations["before"] = pipeline.evaluate(eval_specs)
+
+    logger = RunLogger(run_dir, dataclasses.asdict(cfg), wandb_settings(cfg))  # metrics.jsonl starts over:
+    for metrics in history:  # on resume, the steps up to the checkpoint (later lines were lost with the driver)
+        logger.log(metrics["step"], metrics)
+    self_eval_path = run_dir / "self_eval.jsonl"
+    kept = [line for line in self_eval_path.read_text().splitlines() if json.loads(line)["step"] <= first_step] if resume_from else []
+    self_eval_file = open(self_eval_path, "w")  # per judged episode: the evaluator's q and the outcome z
+    self_eval_file.writelines(line + "\n" for line in kept)
+    pending = pipeline.generate(first_step) if first_step < cfg.learner.steps else None
     loads: list[ray.ObjectRef] = []
-    bar = tqdm(range(cfg.learner.steps), desc="learner steps", unit="step")
+    bar = tqdm(range(first_step, cfg.learner.steps), desc="learner steps", unit="step", initial=first_step, total=cfg.learner.steps)
     for step in bar:
         t0 = time.perf_counter()
         reward_metrics = ray.get(pending)
         queued = reward_metrics.pop("queued")
+        pipeline.ledger = pipeline.ledger.merge(reward_metrics.pop("ledger"))
+        for q, z in reward_metrics.pop("self_eval"):
+            self_eval_file.write(json.dumps({"step": step + 1, "q": q, "z": z}) + "\n")
         time_split["wait_for_episodes"] += time.perf_counter() - t0
         if cfg.mode == "async" and step + 1 < cfg.learner.steps:
             pending = pipeline.generate(step + 1)  # generated while the learner trains
@@ -185,46 +282,50 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
             t0 = time.perf_counter()
             version, loads = pipeline.publish()
             if cfg.mode == "sync":
-                ray.get(loads)  # in async mode the loads wait behind the actors' current batch
+                wait_for_loads(loads)  # in async mode the loads wait behind the actors' current batch
             time_split["publish"] += time.perf_counter() - t0
             metrics["published_version"] = version
-        if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0:
-            pipeline.checkpoint(run_dir / "checkpoints" / f"step{step + 1}")
+        pipeline.ledger.check(expect_idle=True)
+        metrics.update(step=step + 1, wall_s=time.perf_counter() - wall_start, ledger=pipeline.ledger.as_dict())
+        history.append(metrics)
+        logger.log(step + 1, metrics)
+        self_eval_file.flush()
+        if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0 and step + 1 < cfg.learner.steps:
+            state = {"step": step + 1, "history": history, "time_split": time_split, "evaluations": evaluations, "wall_s": metrics["wall_s"]}
+            pipeline.checkpoint(run_dir / "checkpoints" / f"step{step + 1}", state)
         if cfg.mode == "sync" and step + 1 < cfg.learner.steps:
             pending = pipeline.generate(step + 1)
-        metrics.update(step=step + 1, wall_s=time.perf_counter() - wall_start)
-        history.append(metrics)
-        metrics_file.write(json.dumps(metrics) + "\n")
-        metrics_file.flush()
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                writer.add_scalar(key, value, step + 1)
         bar.set_postfix(success=f"{metrics['success_rate']:.2f}", v=metrics["policy_version"], stale=metrics["dropped_stale"], tok=metrics["train_tokens"])
     bar.close()
-    pipeline.checkpoint(run_dir / "checkpoints" / "final")
-    ray.get(loads)  # every actor holds the last published version
+    wait_for_loads(loads)  # every actor holds the last published version
     if eval_specs:
         evaluations["after"] = pipeline.evaluate(eval_specs)
-    summary = summarize(cfg, pipeline, history, time_split, time.perf_counter() - wall_start)
+    wall_s = time.perf_counter() - wall_start
+    final_state = {"step": cfg.learner.steps, "history": history, "time_split": time_split, "evaluations": evaluations, "wall_s": wall_s}
+    pipeline.checkpoint(run_dir / "checkpoints" / "final", final_state)
+    summary = summarize(cfg, pipeline, history, time_split, wall_s)
     summary["evaluation"] = evaluations
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    metrics_file.close()
-    writer.close()
+    logger.log_summary(summary)
+    logger.close()
+    self_eval_file.close()
+    if cfg.report:
+        from launch.report import write_report
+
+        write_report(run_dir)
     return summary
 
 
+def wandb_settings(cfg: Config) -> WandbSettings | None:
+    w = cfg.wandb
+    return None if w.mode == "disabled" else WandbSettings(w.project, w.mode, w.entity, w.group, w.name)
+
+
 def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: dict, wall_s: float) -> dict:
-    reports = ray.get([a.report.remote() for a in pipeline.actors])
-    ledger = EpisodeLedger()
-    for report in reports:
-        ledger = ledger.merge(report["ledger"])
-    ledger = ledger.merge(ray.get(pipeline.reward.report.remote()))
-    ledger.trained = sum(h["trained_episodes"] for h in history)
-    ledger.dropped["stale"] = sum(h["dropped_stale"] for h in history)
-    ledger.dropped["evaluation"] = pipeline.evaluated
+    reports = actor_reports(pipeline)
+    ledger = pipeline.ledger
     ledger.check(expect_idle=True)
-    if ledger.trained + sum(ledger.dropped.values()) != ledger.finished:
-        raise RuntimeError(f"finished episodes are not all trained or dropped: {ledger.as_dict()}")
+    stage = ray.get(pipeline.reward.stats.remote())
     generate_s = sum(r["stats"].generate_s for r in reports)
     env_s = sum(r["stats"].env_s for r in reports)
     return {
@@ -240,6 +341,8 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
         "time_split_s": {"generate (actor sum)": generate_s, "env (actor sum)": env_s, **time_split},
         "publish_to_first_token_s": first_token_latencies(pipeline),
         "ledger": ledger.as_dict(),
+        "rollout_actor_deaths": stage["rollout_actor_deaths"],
+        "last_failures": stage["last_failures"],
     }
 
 
@@ -250,7 +353,7 @@ def _format_reward(metrics: dict) -> str:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
     cfg, run_dir = begin_run(dict_cfg)
-    summary = run(cfg, run_dir)
+    summary = run(cfg, run_dir, resume_command(run_dir))
     latencies = summary["publish_to_first_token_s"]
     print(
         f"\n{summary['steps']} learner steps ({cfg.mode}) in {summary['wall_s']:.0f} s; "
@@ -264,6 +367,12 @@ def main(dict_cfg: DictConfig) -> dict:
         + f"ledger {summary['ledger']}\nrun dir {run_dir}"
     )
     return summary
+
+
+def resume_command(run_dir: Path) -> str:
+    """This run's command line with ``resume`` pointing at its run dir."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("resume=", "+resume=", "hydra.run.dir=", "run_dir="))]
+    return " ".join(["python -m launch.train", *args, f"resume={run_dir}"])
 
 
 if __name__ == "__main__":

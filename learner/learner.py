@@ -18,10 +18,17 @@ import numpy as np
 import torch
 
 from conf.schema import LearnerConfig
-from core.adapter import AdapterWeights
+from core.adapter import AdapterWeights, CheckpointError
 from core.episode import Episode
 from learner.losses import LossConfig, policy_loss, token_logprobs
-from learner.samples import Sample, collate, pack, return_rows, samples_for, step_advantages_for
+from learner.samples import (
+    Sample,
+    collate,
+    pack,
+    return_rows,
+    samples_for,
+    step_advantages_for,
+)
 
 
 def episode_version(episode: Episode) -> int:
@@ -78,10 +85,13 @@ class Learner:
     def train_from_queue(self, queue, num_episodes: int) -> dict:
         """Pull this rank's ``num_episodes`` from the queue (blocking) and train one step on them."""
         start = time.perf_counter()
-        episodes = [queue.get() for _ in range(num_episodes)]
+        # Arrival order depends on which actor was faster; the spec order does not (reproducible steps).
+        episodes = sorted((queue.get() for _ in range(num_episodes)), key=lambda e: e.spec_uid)
         wait_s = time.perf_counter() - start
         metrics = self.train_step(episodes)
         metrics["queue_wait_s"] = wait_s
+        if self.cfg.slow_down_s:  # a deliberately slow learner (soak benchmark)
+            time.sleep(self.cfg.slow_down_s)
         return metrics
 
     def train_step(self, episodes: list[Episode]) -> dict:
@@ -184,6 +194,13 @@ class Learner:
         with self._gathered():
             return AdapterWeights.from_peft_model(self.engine.module, self.version)
 
+    def current_adapter(self) -> AdapterWeights | None:
+        """The adapter of the current version, unchanged (a resumed run hands it to fresh actors)."""
+        if self.version == 0:
+            return None
+        with self._gathered():
+            return AdapterWeights.from_peft_model(self.engine.module, self.version)
+
     def adapter_logprobs(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
         """Teacher-forced log-probs of the continuations under the current adapter (checks against actors)."""
         self.engine.eval()
@@ -206,6 +223,21 @@ class Learner:
         torch.save(rng_state(), directory / f"rng_rank{self.rank}.pt")
         return directory
 
+    def load_checkpoint(self, directory: str | Path) -> dict:
+        """Continue from ``save_checkpoint``'s folder: weights, optimizer, step, version, RNG states."""
+        directory = Path(directory)
+        for needed in (directory / "learner_state.json", directory / "deepspeed" / "state", directory / f"rng_rank{self.rank}.pt"):
+            if not needed.exists():
+                raise CheckpointError(f"checkpoint {directory} is incomplete: {needed.name} is missing")
+        path, _ = self.engine.load_checkpoint(str(directory / "deepspeed"), tag="state")
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load the state in {directory / 'deepspeed'}")
+        state = json.loads((directory / "learner_state.json").read_text())
+        self.step, self.version = state["step"], state["version"]
+        self.dropped_stale, self.trained_episodes = state["dropped_stale"], state["trained_episodes"]
+        set_rng_state(torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=False))
+        return state
+
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         with self._gathered():
             return {n: p.detach().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
@@ -219,3 +251,9 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])

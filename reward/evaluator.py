@@ -12,7 +12,7 @@ import math
 
 import ray
 
-from core.adapter import AdapterWeights
+from core.adapter import AdapterWeights, Published
 from core.episode import Episode, SelfEvaluation
 from reward.hindsight import HindsightPrompts, HindsightSettings
 from reward.mise import yes_probability
@@ -37,12 +37,15 @@ class SelfEvaluator:
             self.engine.load_adapter(adapter)
             self.version = adapter.version
 
-    def evaluate(self, episodes: list[Episode]) -> tuple[list[SelfEvaluation | str], int]:
+    def evaluate(self, episodes: list[Episode], adapter: Published | None = None) -> tuple[list[SelfEvaluation | str], int]:
         """One judgement per episode, or an error message naming the episode; and the tokens computed.
 
-        An episode whose prompts would not fit the engine gets an error and costs nothing; a non-finite
-        value is caught here, at its source, with the episode id.
+        ``adapter`` is the current policy version: an evaluator that does not hold it (restarted by
+        Ray) loads it first. An episode whose prompts would not fit the engine gets an error and costs
+        nothing; a non-finite value is caught here, at its source, with the episode id.
         """
+        if self.follow_policy and adapter is not None and adapter.version > self.version:
+            self.load_adapter(adapter.fetch())
         before = self.engine.computed_tokens
         results: list[SelfEvaluation | str | None] = [None] * len(episodes)
         plans = []

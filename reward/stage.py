@@ -1,14 +1,17 @@
 """The reward stage: between the rollout actors and the learner queue (MISE.md, "Reward actually used").
 
-It takes finished episodes off the rollout queue, sends them in batches to the evaluator pool (reward
-actors, each with its own engine), turns the judgements into per-step rewards and puts the episodes
-into the learner queue. ``env`` mode passes the environment's rewards through unchanged.
+One ``pump`` call is one learner step's batch: it hands the step's specs to the rollout actors
+(``actors.dispatch``: a dead actor's specs are issued again), sends the finished episodes in batches to
+the evaluator pool (reward actors, each with its own engine), turns the judgements into per-step
+rewards and puts the episodes into the learner queue. ``env`` mode passes the environment's rewards
+through unchanged. Every attempt of the batch is counted in the ledger the call returns.
 
 - One calibration state for the whole pool: the ridge maps are fitted before a batch (one ``pump``
   call = one learner step) is scored, and the batch joins the fit's window only afterwards.
-- An evaluator call that fails or runs past ``reward.timeout_s`` degrades its episodes to env-only
-  reward: counted, logged with the reason, never blocking the pipeline.
-- Failed episodes (already counted by their rollout actor) stop here; they are never trained on.
+- An evaluator call that fails (its actor died) or runs past ``reward.timeout_s`` degrades its episodes
+  to env-only reward: counted, logged with the reason, never blocking the pipeline. Ray restarts a dead
+  evaluator (``reward.max_restarts``) and it catches up to the current adapter on its next call.
+- Failed episodes stop here (counted); they are never trained on.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import time
 import numpy as np
 import ray
 
+from actors.dispatch import RolloutDispatch
+from actors.rollout import EpisodeSpec
 from conf.schema import RewardConfig
+from core.adapter import Published
 from core.episode import AnswerSample, Episode, SelfEvaluation
 from core.ledger import EpisodeLedger
 from reward.hindsight import HindsightSettings
@@ -55,24 +61,47 @@ def answer_samples(judgement: SelfEvaluation, z: float, weight: float) -> list[A
 
 
 class RewardStage:
-    def __init__(self, cfg: RewardConfig, evaluators: list | None = None) -> None:
+    def __init__(self, cfg: RewardConfig, evaluators: list | None = None, dispatch: RolloutDispatch | None = None) -> None:
         if cfg.mode != "env" and not evaluators:
             raise ValueError(f"reward.mode={cfg.mode!r} needs at least one evaluator actor (reward.num_actors >= 1)")
         self.cfg = cfg
         self.evaluators = evaluators or []
+        self.dispatch = dispatch
         self.calibrator = RidgeCalibrator(cfg.calibration_window, cfg.calibration_alpha, cfg.calibration_min_episodes)
-        self.ledger = EpisodeLedger()
+        self.ledger = EpisodeLedger()  # the current call's counts
+        self.adapter: Published | None = None
         self._next_evaluator = 0
 
     # --- the pump: one learner step's worth of episodes ---------------------------------------
-    def pump(self, rollout_queue, learner_queue, count: int) -> dict:
-        """Take ``count`` episodes off the rollout queue and forward the finished ones, scored, to the
-        learner queue. Returns ``queued`` (how many went on) and the step's reward metrics."""
+    def pump(self, specs: list[EpisodeSpec], learner_queue, adapter: Published | None = None) -> dict:
+        """Play ``specs`` and forward the finished episodes, scored, to the learner queue. Returns
+        ``queued`` (how many went on), ``ledger`` (this batch's counts) and the step's reward metrics."""
+        return self.forward(self._play(specs, adapter), learner_queue)
+
+    def play(self, specs: list[EpisodeSpec], adapter: Published | None = None) -> tuple[list[Episode], EpisodeLedger]:
+        """Play ``specs`` for evaluation: the final episodes (never trained on) and their counts."""
+        episodes = list(self._play(specs, adapter))
+        self.ledger.dropped["evaluation"] += sum(e.status == "finished" for e in episodes)
+        return episodes, self._take_ledger()
+
+    def _play(self, specs: list[EpisodeSpec], adapter: Published | None):
+        if self.dispatch is None:
+            raise RuntimeError("this reward stage was built without rollout actors (dispatch=None)")
+        self.adapter = adapter
+        self.dispatch.ledger = self.ledger
+        return self.dispatch.play(specs, adapter)
+
+    def _take_ledger(self) -> EpisodeLedger:
+        ledger, self.ledger = self.ledger, EpisodeLedger()
+        return ledger
+
+    def forward(self, episodes, learner_queue) -> dict:
+        """Score the finished ones of ``episodes`` (an iterable: scoring overlaps their arrival) into
+        the learner queue."""
         batch = _BatchRecord(self.calibrator.maps() if self.cfg.mode != "env" else {})
         pending: dict[ray.ObjectRef, tuple[list[Episode], float]] = {}
         waiting: list[Episode] = []
-        for _ in range(count):
-            episode: Episode = rollout_queue.get()
+        for episode in episodes:
             if episode.status != "finished":
                 continue
             if self.cfg.mode == "env":
@@ -89,12 +118,12 @@ class RewardStage:
             self._collect(pending, batch, learner_queue, block=True)
         for key, features, outcome in batch.fit_rows:
             self.calibrator.add(key, features, outcome)
-        return {"queued": batch.forwarded, **batch.metrics()}
+        return {"queued": batch.forwarded, "ledger": self._take_ledger(), "self_eval": batch.judged(), **batch.metrics()}
 
     def _submit(self, episodes: list[Episode]) -> ray.ObjectRef:
         evaluator = self.evaluators[self._next_evaluator % len(self.evaluators)]
         self._next_evaluator += 1
-        return evaluator.evaluate.remote(episodes)
+        return evaluator.evaluate.remote(episodes, self.adapter)
 
     def _collect(self, pending: dict, batch: _BatchRecord, learner_queue, block: bool) -> None:
         """Forward every finished evaluator call; with ``block``, wait for one (or its deadline)."""
@@ -171,8 +200,18 @@ class RewardStage:
             batch.record(self, episode, judgement, features, dense)
         return episode
 
-    def report(self) -> EpisodeLedger:
-        return self.ledger
+    # --- resume ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the calibration window."""
+        return {"calibrator": self.calibrator.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calibrator.load_state(state["calibrator"])
+
+    def stats(self) -> dict:
+        deaths = self.dispatch.actor_deaths if self.dispatch else 0
+        failures = self.dispatch.failures[-20:] if self.dispatch else []
+        return {"rollout_actor_deaths": deaths, "last_failures": failures}
 
 
 class _BatchRecord:
@@ -199,6 +238,10 @@ class _BatchRecord:
         self.fit_rows.append((key, sums, episode.score))
         if key in self.maps:
             self.heldout.append((self.maps[key].predict(sums), episode.score))
+
+    def judged(self) -> list[tuple[float, int]]:
+        """(q, z) of every judged episode: the evaluator's P(success) and the outcome."""
+        return list(zip(self.q, self.z))
 
     def metrics(self) -> dict:
         out: dict = {"reward/degraded_fraction": self.degraded / max(self.forwarded, 1)}

@@ -18,3 +18,18 @@ def random_adapter(model_dir: str, version: int, seed: int, rank: int = 8) -> Ad
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, init_lora_weights=False)
     return AdapterWeights.from_peft_model(get_peft_model(base, config), version)
+
+
+def ledger_of(num_specs: int, attempts: list):
+    """The ledger of one ``RolloutWorker.run``: every spec started once, then every ended attempt."""
+    from core.ledger import EpisodeLedger
+
+    ledger = EpisodeLedger(started=num_specs)
+    for episode in attempts:
+        ledger.end(episode)
+    return ledger
+
+
+def final(attempts: list) -> list:
+    """The final episode of each spec (retried attempts left out)."""
+    return [e for e in attempts if not e.retried]

@@ -77,14 +77,26 @@ def test_ray_job_submit_runs_the_training_job_on_a_running_cluster(ray_head, tin
     assert "2 learner steps (sync)" in result.stdout  # the driver's output reached the submitting client
 
 
-def test_hydra_multirun_runs_each_combination_and_the_report_collects_them(tiny_model_dir, tmp_path):
+# basic: the runs one after another in this process; ray: hydra-ray-launcher runs each as a Ray task
+# (its ray.init and task options take the `+hydra.launcher.ray.*` form).
+LAUNCHERS = {
+    "basic": ["ray.num_cpus=2"],
+    "ray": ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=4", "+hydra.launcher.ray.init.include_dashboard=false",
+            "+hydra.launcher.ray.remote.num_cpus=0"],  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_hydra_multirun_runs_each_combination_and_the_report_collects_them(tiny_model_dir, tmp_path, launcher):
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "launch.train", "-m", *tiny_run_overrides(tiny_model_dir, None),
-               "reward=env", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", "ray.num_cpus=2"]  # fmt: skip
+               "reward=env", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", *LAUNCHERS[launcher]]  # fmt: skip
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    if launcher == "ray":
+        assert "(_run_job pid=" in result.stdout + result.stderr  # the runs' output came from Ray task workers
     runs = sorted(p.parent for p in sweep_dir.rglob("summary.json"))
     assert [r.name for r in runs] == ["0", "1"]
     seeds = [int(next(line for line in (r / "config.yaml").read_text().splitlines() if line.startswith("seed:")).split(":")[1]) for r in runs]

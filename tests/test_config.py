@@ -87,3 +87,109 @@ def test_experiment_presets_compose():
     assert cfg.reward.mode == "mise" and cfg.learner.omega == 1.0
     cfg = load("experiment=textworld_ablation", "reward=prm")
     assert cfg.env.name == "textworld" and cfg.reward.mode == "prm" and cfg.learner.omega == 1.0
+
+
+# --- every field, systematically -------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+# Fields whose every value of the right type is valid, or that are checked where they are used.
+FREE = {
+    "seed",  # any integer seeds the generators
+    "env.simplification",  # checked by the ScienceWorld env against the simulator's own list when it starts
+    "wandb.entity", "wandb.group", "wandb.name",
+}  # fmt: skip
+
+
+def leaves(cls=Config, prefix: str = ""):
+    """(key, default) of every leaf field of the schema."""
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from leaves(type(value), f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+NUMBERS = [k for k, v in leaves() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in FREE]
+WORDS = [k for k, v in leaves() if isinstance(v, str) and k not in FREE]
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_every_number_in_the_schema_rejects_a_negative_value_by_name(key):
+    with pytest.raises(ConfigError) as err:
+        load(f"{key}=-1")
+    assert str(err.value).startswith(f"config {key}=-1"), str(err.value)
+
+
+@pytest.mark.parametrize("key", WORDS)
+def test_every_word_in_the_schema_rejects_an_unknown_value_by_name(key):
+    with pytest.raises(ConfigError) as err:
+        load(f"{key}=''")
+    assert str(err.value).startswith(f"config {key}=''"), str(err.value)
+
+
+def test_the_systematic_tests_cover_the_schema():
+    print(f"\n{len(NUMBERS)} numeric and {len(WORDS)} word fields checked one by one; free: {sorted(FREE)}")
+    assert len(NUMBERS) > 60 and len(WORDS) > 10
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["group_size=3"], "learner.episodes_per_step=8"),  # the group size must divide the batch
+        (["learner.lora_rank=32"], "learner.lora_rank=32"),  # above engine.max_lora_rank
+        (["rollout.num_gpus_per_actor=1", "engine.tensor_parallel_size=2"], "rollout.num_gpus_per_actor=1.0"),
+        (["learner.target_modules=[q_proj,lm_head]"], "learner.target_modules="),
+        (["resume=/no/such/run"], "resume='/no/such/run'"),
+        (["evaluate.adapter=/no/such/adapter"], "evaluate.adapter='/no/such/adapter'"),
+        (["env=corridor", "+env.step_caps.corridor-1=3"], "env.step_caps="),
+        (["rollout.max_tokens=4096"], "below engine.max_model_len=4096"),
+    ],
+)
+def test_cross_field_rules_and_paths_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load(*overrides)
+    assert key in str(err.value)
+
+
+CASES = {"tried": 0, "valid": 0}
+
+
+def _value(default):
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.integers(-(2**40), 2**40)
+    return st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+FIELDS = [(k, v) for k, v in leaves() if isinstance(v, (int, float)) and k != "seed"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_any_typed_values_give_a_config_or_a_config_error_naming_a_key(data):
+    """Property: random values of the right types in random fields never crash validation; a rejection
+    names a key of the schema."""
+    chosen = data.draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=6, unique_by=lambda f: f[0]))
+    cfg = OmegaConf.structured(Config)
+    for key, default in chosen:
+        OmegaConf.update(cfg, key, data.draw(_value(default)))
+    CASES["tried"] += 1
+    try:
+        validate(cfg)
+        CASES["valid"] += 1
+    except ConfigError as error:
+        named = str(error).removeprefix("config ").split("=")[0]
+        assert named in {k for k, _ in leaves()}, str(error)
+
+
+def test_zz_report_the_property_cases():
+    print(f"\nproperty test: {CASES['tried']} random configs tried, {CASES['valid']} valid, {CASES['tried'] - CASES['valid']} rejected by name")
+    assert CASES["tried"] in (0, 400)  # 0 when the property test was deselected

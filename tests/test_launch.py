@@ -105,6 +105,21 @@ def test_train_stops_before_any_actor_when_ray_cannot_schedule_every_role(tiny_m
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=300)
     assert result.returncode != 0
-    assert "the run needs 2.5 CPUs in Ray but the cluster has 2" in result.stderr
-    assert "evaluator actors: 1 x 0.5 (reward.num_actors x reward.num_cpus_per_actor)" in result.stderr
+    assert "the run needs 2.5 CPUs but the cluster has 2" in result.stderr
+    assert "evaluator actors: 1 x 0.5 (reward.num_actors x reward.num_{cpus,gpus}_per_actor)" in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_gpu_preset_on_a_machine_without_gpus_stops_with_what_is_missing(tiny_model_dir, tmp_path):
+    command = [
+        sys.executable, "-m", "launch.train", "cluster=gpu8", "env=corridor", f"model.path={tiny_model_dir}", "reward=mise",
+        "ray.num_cpus=32", f"run_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=300)
+    assert result.returncode != 0
+    message = result.stderr[result.stderr.index("the run needs") :].splitlines()[0]
+    print(message)
+    assert "the run needs 8 GPUs but the cluster has 0" in message
+    for role in ("rollout actors: 4 x 1", "learner ranks: 2 x 1", "evaluator actors: 2 x 1"):
+        assert role in message
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -119,12 +119,11 @@ def test_too_long_episodes_are_refused_not_truncated(evaluator, episodes):
 
 
 def pump(stage, batch):
+    """Score ``batch`` as one learner step's episodes; returns the step's result and the learner queue's content."""
     from ray.util.queue import Queue
 
-    rollout_q, learner_q = Queue(), Queue()
-    for e in batch:
-        rollout_q.put(e)
-    result = stage.pump(rollout_q, learner_q, len(batch))
+    learner_q = Queue()
+    result = stage.forward(batch, learner_q)
     return result, [learner_q.get() for _ in range(result["queued"])]
 
 
@@ -180,14 +179,14 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
     for episode in out:
         assert "evaluator failed" in episode.reward_note
         assert [s.step_reward for s in episode.steps] == [s.env_reward for s in episode.steps]
-    ledger = stage.report()
-    assert ledger.scored == ledger.queued == 24 and ledger.degraded == len(third)
+    ledger = metrics["ledger"]
+    assert ledger.scored == ledger.queued == len(third) and ledger.degraded == len(third)
 
 
 class SlowEvaluator(SelfEvaluator):
-    def evaluate(self, episodes):  # injected fault: a call that hangs
+    def evaluate(self, episodes, adapter=None):  # injected fault: a call that hangs
         time.sleep(60)
-        return super().evaluate(episodes)
+        return super().evaluate(episodes, adapter)
 
 
 def test_a_hanging_evaluator_times_out_and_the_episodes_keep_env_reward(ray_local, episodes, warm_model_dir):

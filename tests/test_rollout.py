@@ -11,7 +11,7 @@ from actors.engine import Sampling
 from actors.prompting import PromptSettings, build_messages
 from actors.rollout import EpisodeSpec, RolloutWorker
 from envs.corridor import CorridorEnv
-from tests.helpers import random_adapter
+from tests.helpers import final, ledger_of, random_adapter
 
 pytestmark = pytest.mark.slow
 VARIATIONS = {"train": 100, "valid": 10, "test": 10}
@@ -98,7 +98,7 @@ def test_episodes_keep_exact_tokens_and_malformed_replies_are_answered(tiny_mode
             history.append((step.action or step.reply_text.strip()[:40] or "<empty>", step.observation))
             observation = step.observation
     assert sum(e.num_invalid for e in episodes) > 0
-    ledger = worker.ledger
+    ledger = ledger_of(len(specs), episodes)
     assert ledger.started == ledger.finished == len(specs) and ledger.in_flight == 0
     # Several envs were served per generation call.
     assert worker.stats.generate_calls < worker.stats.env_steps
@@ -111,7 +111,7 @@ def test_a_crashing_env_fails_its_episode_is_replaced_and_the_run_goes_on(tiny_m
     failed = [e for e in episodes if e.status == "failed"]
     assert len(failed) == 1 and "env_step_error: RuntimeError: injected env crash" in failed[0].failure_reason
     assert FlakyCorridor.instances == 3  # two slots + one replacement
-    ledger = worker.ledger
+    ledger = ledger_of(4, episodes)
     assert ledger.started == 4 and ledger.finished == 3 and dict(ledger.failed) == {"env_step_error": 1}
     assert ledger.in_flight == 0
 
@@ -120,12 +120,13 @@ def test_a_crashed_env_is_replaced_and_its_episode_replayed_from_the_start(tiny_
     FlakyCorridor.instances = 0
     worker = make_worker(tiny_model_dir, env_factory=FlakyCorridor, num_envs=2, max_episode_retries=1)
     specs = [EpisodeSpec("corridor-3", v) for v in range(4)]
-    episodes = worker.run(specs)
+    attempts = worker.run(specs)
+    episodes = final(attempts)
     # One episode per spec, all finished: the crashed attempt was replayed on a fresh env.
     assert sorted(e.variation for e in episodes) == [0, 1, 2, 3] and all(e.status == "finished" for e in episodes)
-    (attempt,) = worker.report()["failed_attempts"]
-    assert attempt[1:3] == ("corridor-3", 0) and "injected env crash" in attempt[3]
-    ledger = worker.ledger
+    (attempt,) = [e for e in attempts if e.retried]
+    assert (attempt.task, attempt.variation) == ("corridor-3", 0) and "injected env crash" in attempt.failure_reason
+    ledger = ledger_of(len(specs), attempts)
     assert ledger.started == 5 and ledger.finished == 4 and dict(ledger.failed) == {"env_step_error": 1} and ledger.retried == 1
     assert ledger.in_flight == 0
 
@@ -134,19 +135,20 @@ def test_a_hung_env_times_out_is_replaced_and_the_episode_replayed(tiny_model_di
     HangingCorridor.instances = 0
     worker = make_worker(tiny_model_dir, env_factory=HangingCorridor, num_envs=2, env_step_timeout_s=2.0, max_episode_retries=2)
     start = time.monotonic()
-    episodes = worker.run([EpisodeSpec("corridor-3", v) for v in range(3)])
+    attempts = worker.run([EpisodeSpec("corridor-3", v) for v in range(3)])
     assert time.monotonic() - start < 60  # the hang cost the timeout, not the 120 s it would have lasted
+    episodes = final(attempts)
     assert len(episodes) == 3 and all(e.status == "finished" for e in episodes)
-    assert "env_timeout: EnvTimeout: no answer within 2 s" in worker.report()["failed_attempts"][0][3]
-    assert dict(worker.ledger.failed) == {"env_timeout": 1} and worker.ledger.retried == 1
-    assert worker.ledger.started == worker.ledger.finished + worker.ledger.num_failed == 4
+    assert "env_timeout: EnvTimeout: no answer within 2 s" in [e for e in attempts if e.retried][0].failure_reason
+    ledger = ledger_of(3, attempts)
+    assert dict(ledger.failed) == {"env_timeout": 1} and ledger.retried == 1
+    assert ledger.started == ledger.finished + ledger.num_failed == 4
 
 
 def test_bad_spec_is_an_error_not_an_episode(tiny_model_dir):
     worker = make_worker(tiny_model_dir, num_envs=1)
     with pytest.raises(Exception, match="unknown task 'corridor-7'"):
         worker.run([EpisodeSpec("corridor-7", 0)])
-    assert worker.ledger.started == 0
 
 
 def test_ray_actors_stream_episodes_and_tag_new_versions(ray_local, tiny_model_dir):
@@ -188,6 +190,7 @@ def test_ray_actors_stream_episodes_and_tag_new_versions(ray_local, tiny_model_d
         assert max(abs(a - b) for a, b in zip(step.action_logprobs, logprobs)) < 1e-4
 
     reports = ray.get([a.report.remote() for a in actors])
-    assert sum(r["ledger"].finished for r in reports) == 8 and all(r["ledger"].in_flight == 0 for r in reports)
+    assert len(first) + len(second) == 8 and all(e.status == "finished" for e in first + second)
+    assert sum(r["stats"].env_steps for r in reports) == sum(len(e.steps) for e in first + second)
     for a in actors:
         ray.kill(a)

@@ -17,6 +17,7 @@ from conf.schema import ConfigError, register, validate
 from envs import make_env
 from envs.base import EnvError
 from envs.scienceworld import ScienceWorldEnv
+from tests.helpers import final, ledger_of
 
 ROOT = Path(__file__).resolve().parents[1]
 # A gold path of find-non-living-thing (4-2), train variation 0, "easy" simplifications (one of the package's).
@@ -228,11 +229,12 @@ def test_a_jvm_killed_mid_episode_is_replaced_and_the_episode_replayed(tiny_mode
     worker = RolloutWorker(0, HFFactory(tiny_model_dir), JVMKilledMidEpisode, tiny_model_dir, 2, Sampling(max_tokens=8),
                            PromptSettings(show_admissible=False), 4096, env_step_timeout_s=30, max_episode_retries=1)  # fmt: skip
     killed_pid = worker.slots[0].env.jvm_process.pid
-    episodes = worker.run([EpisodeSpec("find-living-thing", v) for v in range(3)])
+    attempts = worker.run([EpisodeSpec("find-living-thing", v) for v in range(3)])
+    episodes = final(attempts)
     assert len(episodes) == 3 and all(e.status == "finished" for e in episodes)
-    (attempt,) = worker.report()["failed_attempts"]
-    assert f"ScienceWorld JVM (pid {killed_pid}) exited with code -9" in attempt[3]
-    ledger = worker.ledger
+    (attempt,) = [e for e in attempts if e.retried]
+    assert f"ScienceWorld JVM (pid {killed_pid}) exited with code -9" in attempt.failure_reason
+    ledger = ledger_of(3, attempts)
     assert ledger.started == 4 and ledger.finished == 3 and ledger.retried == 1 and ledger.in_flight == 0
     assert worker.slots[0].env.jvm_process.pid != killed_pid and JVMKilledMidEpisode.instances == 3
     worker.close()
