@@ -2,8 +2,9 @@
 
 An engine does these things, all on token ids (token-in/token-out):
 - ``generate``: batched sampling; each prompt names the policy version to sample from, and may carry
-  its own seed (then its tokens do not depend on the rest of the batch); returns the generated ids and
-  the log-prob of each under the sampling distribution (temperature applied).
+  a seed (vLLM: the request's own generator, so its tokens do not depend on the rest of the batch; HF:
+  the batch's seeds seed the call, so the same batch gives the same tokens); returns the generated ids
+  and the log-prob of each under the sampling distribution (temperature applied).
 - ``score``: teacher-forced log-probs of given continuation ids after given prompts (temperature 1).
 - ``next_token_logprobs``: the log-prob of each of a few candidate tokens (e.g. "Yes" and "No") as the
   next token after each prompt (temperature 1, full vocabulary), without sampling anything.

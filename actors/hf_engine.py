@@ -7,9 +7,9 @@ with the adapters disabled. A batch mixing versions runs as one sub-batch per ve
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 
@@ -110,10 +110,11 @@ class HFEngine:
         self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling, seeds: Sequence[int | None] | None = None
     ) -> list[Generation]:
         check_batch(prompts, versions, *([seeds] if seeds is not None else []))
-        if seeds is not None:  # torch has one generator per generate call: seeded requests run one at a time
-            return [self.generate([p], [v], replace(sampling, seed=s))[0] for p, v, s in zip(prompts, versions, seeds)]
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        # HF samples a batch from one generator: per-request seeds seed the call together, so the same
+        # batch gives the same tokens (vLLM gives each request its own generator).
+        seed = batch_seed(seeds) if seeds is not None else sampling.seed
+        if seed is not None:
+            torch.manual_seed(seed)
         results: list[Generation | None] = [None] * len(prompts)
         for version, rows in self._by_version(versions).items():
             ids, mask = _left_pad([prompts[i] for i in rows], self.pad_id)
@@ -238,3 +239,8 @@ def _repeat_cache(cache, batch: int):
     repeated = copy.deepcopy(cache)
     repeated.batch_repeat_interleave(batch)
     return repeated
+
+
+def batch_seed(seeds: Sequence[int | None]) -> int:
+    """One seed for a batch of per-request seeds (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(repr(list(seeds)).encode(), digest_size=8).digest(), "little") >> 1

@@ -30,8 +30,8 @@ class EpisodeSpec:
     """What to play: a (task, variation) of a split. G specs with the same key form a GRPO group.
 
     ``uid`` names the spec within a run (its attempts carry it). With a ``seed``, every turn samples
-    with a seed derived from it, so the episode does not depend on which actor plays it or what else
-    is batched with it: a resumed or re-issued spec plays the same episode again.
+    with a seed derived from it, so a resumed run plays the same episodes again (with vLLM whatever
+    else is batched with it; with the HF engine, given the same batch).
     """
 
     task: str
