@@ -2,7 +2,7 @@
 the resident memory of every process of the run is sampled. The queues between the stages are bounded,
 so a slow learner must slow the rollouts down instead of piling episodes up: memory stays flat.
 
-    python -m launch.bench_soak                          # 30 min, learner.slow_down_s=60, async mode
+    python -m launch.bench_soak                          # 30 min, learner.slow_down_s=60, async mode, 60 steps at most
     python -m launch.bench_soak --minutes 10 -- env=corridor model=tiny_corridor engine=hf
 
 Prints the peak RSS per role in the first 5 minutes and over the whole run, and writes every sample to
@@ -60,12 +60,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--slow-down-s", type=float, default=60.0, help="learner.slow_down_s: sleep after every learner step")
     parser.add_argument("--interval-s", type=float, default=10.0, help="seconds between memory samples")
+    parser.add_argument("--steps", type=int, default=60, help="learner.steps: more than the time allows (their games are made up front)")
     parser.add_argument("--run-dir", default=f"runs/soak/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for launch.train")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     command = [
-        sys.executable, "-m", "launch.train", "mode=async", "learner.steps=100000", f"learner.slow_down_s={args.slow_down_s}",
+        sys.executable, "-m", "launch.train", "mode=async", f"learner.steps={args.steps}", f"learner.slow_down_s={args.slow_down_s}",
         "report=false", f"run_dir={run_dir}", *args.overrides,
     ]  # fmt: skip
     since = time.time() - 1
