@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+)
 from ray.util.queue import Empty, Queue
 
 from actors.rollout import EpisodeSpec
@@ -49,7 +55,7 @@ class RolloutDispatch:
         self.restart_timeout_s = restart_timeout_s
         self.poll_s = poll_s
         self.actor_deaths = 0
-        self.failures: list[tuple[str, str]] = []  # (spec uid, reason) of every failed attempt, in order
+        self.failures: deque[tuple[str, str]] = deque(maxlen=100)  # (spec uid, reason) of the latest failed attempts
 
     def play(self, specs: list[EpisodeSpec], adapter: Published | None = None) -> Iterator[Episode]:
         """Yield one ended episode per spec (finished, or failed for good), in arrival order."""

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: a bare Figure renders PNGs with Agg and holds no global state
+from matplotlib.figure import (
+    Figure,  # no pyplot: a bare Figure renders PNGs with Agg and holds no global state
+)
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 

@@ -210,7 +210,7 @@ class RewardStage:
 
     def stats(self) -> dict:
         deaths = self.dispatch.actor_deaths if self.dispatch else 0
-        failures = self.dispatch.failures[-20:] if self.dispatch else []
+        failures = list(self.dispatch.failures)[-20:] if self.dispatch else []
         return {"rollout_actor_deaths": deaths, "last_failures": failures}
 
 
