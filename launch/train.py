@@ -101,7 +101,9 @@ class Pipeline:
     def generate(self, step: int) -> ray.ObjectRef:
         """Start one batch: the reward stage hands the step's specs to the rollout actors and pumps
         their episodes on. Returns its result: ``queued``, ``ledger``, ``self_eval`` and reward metrics."""
-        return self.reward.pump.remote(step_specs(self.cfg, step), self.learner_queue, self.published)
+        specs = step_specs(self.cfg, step)
+        prepare_env_assets(self.cfg, specs)  # this step's TextWorld games (made once, then cached)
+        return self.reward.pump.remote(specs, self.learner_queue, self.published)
 
     def train(self, num_episodes: int) -> dict:
         world = len(self.learners)
@@ -224,7 +226,7 @@ def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
         if resume_from is None:
             raise CheckpointError(f"config resume={cfg.resume!r}: no complete checkpoint under {Path(cfg.resume) / 'checkpoints'}")
     model_dir = resolve_model_dir(cfg)
-    prepare_env_assets(cfg, [s for step in range(cfg.learner.steps) for s in step_specs(cfg, step)])
+    prepare_env_assets(cfg, step_specs(cfg, 0))  # a bad task fails here, before any actor starts
     start_ray(cfg)
     check_resources(cfg)
     eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval") if cfg.eval_groups else []
