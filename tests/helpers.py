@@ -33,3 +33,16 @@ def ledger_of(num_specs: int, attempts: list):
 def final(attempts: list) -> list:
     """The final episode of each spec (retried attempts left out)."""
     return [e for e in attempts if not e.retried]
+
+
+def actor_processes(class_name: str, since: float) -> list:
+    """Live processes of Ray actors of ``class_name`` started after ``since`` (Ray titles an actor's
+    process ``ray::<Class>`` or ``ray::<Class>.<method>``)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if title.startswith(f"ray::{class_name}") and process.info["create_time"] >= since:
+            found.append(process)
+    return found

@@ -16,27 +16,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import actor_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 SEED = 7
 STEPS = 5
 
 
-def processes(after: float, marker: str) -> list[psutil.Process]:
-    """This run's Ray workers whose title names ``marker`` (Ray titles actor processes ``ray::<Class>``)."""
-    found = []
-    for process in psutil.process_iter(["cmdline", "create_time"]):
-        if marker in " ".join(process.info["cmdline"] or []) and process.info["create_time"] >= after:
-            found.append(process)
-    return found
-
-
 def victims(kind: str, after: float) -> list[psutil.Process]:
     if kind == "rollout actor":
-        return processes(after, "ray::RolloutWorker")
+        return actor_processes("RolloutWorker", after)
     if kind == "evaluator actor":
-        return processes(after, "ray::SelfEvaluator")
-    return [c for actor in processes(after, "ray::RolloutWorker") for c in actor.children() if c.name() == "java"]  # env JVMs
+        return actor_processes("SelfEvaluator", after)
+    return [c for actor in actor_processes("RolloutWorker", after) for c in actor.children() if c.name() == "java"]  # env JVMs
 
 
 def steps_done(run_dir: Path) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import actor_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -53,14 +55,9 @@ def adapter_tensors(run_dir: Path) -> dict:
 
 
 def learner_pid(driver_pid: int) -> int:
-    """The learner rank's process: a Ray worker named after the Learner class, started for this driver."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            if "ray::Learner" in " ".join(process.info["cmdline"] or []) and process.create_time() > psutil.Process(driver_pid).create_time():
-                return process.info["pid"]
-        time.sleep(0.5)
-    raise AssertionError("no learner process found")
+    """The process of this driver's learner rank."""
+    (learner,) = actor_processes("Learner", since=psutil.Process(driver_pid).create_time())
+    return learner.pid
 
 
 def test_a_killed_and_resumed_run_ends_with_the_same_adapter_as_an_uninterrupted_one(tmp_path):
