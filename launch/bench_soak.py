@@ -49,7 +49,8 @@ def role_rss(driver: psutil.Process, since: float) -> dict[str, float]:
             if marker and any(title.startswith(m) or f"/{m} " in f"{title} " for m in marker.split("|")):
                 try:
                     totals[role] += process.memory_info().rss / 2**20
-                    totals[role] += sum(c.memory_info().rss for c in process.children(recursive=True)) / 2**20
+                    if role != "ray system":  # the raylet's children are the actors themselves
+                        totals[role] += sum(c.memory_info().rss for c in process.children(recursive=True)) / 2**20
                 except psutil.Error:
                     pass
     return totals
