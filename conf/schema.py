@@ -253,6 +253,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     if r.num_gpus_per_actor:
         _check(r.num_gpus_per_actor == g.tensor_parallel_size, "rollout.num_gpus_per_actor", r.num_gpus_per_actor,
                f"equal to engine.tensor_parallel_size={g.tensor_parallel_size} (each actor's engine spans its GPUs)")  # fmt: skip
+    _check(cfg.group_size >= 1, "group_size", cfg.group_size, "an integer >= 1")  # before the rules that divide by it
     l = cfg.learner
     _check(l.steps >= 1, "learner.steps", l.steps, "an integer >= 1")
     _check(l.episodes_per_step >= 1, "learner.episodes_per_step", l.episodes_per_step, "an integer >= 1")
@@ -307,7 +308,6 @@ def validate(cfg: DictConfig | Config) -> Config:
         # The evaluator's answer log-probs are read at temperature 1; the learner recomputes at the rollout's.
         _check(r.temperature == 1.0, "rollout.temperature", r.temperature, "1.0 when reward.mode=mise trains the evaluator (reward.calibration_weight > 0)")
     _check(cfg.episodes >= 1, "episodes", cfg.episodes, "an integer >= 1")
-    _check(cfg.group_size >= 1, "group_size", cfg.group_size, "an integer >= 1")
     _check(cfg.eval_groups >= 0, "eval_groups", cfg.eval_groups, "an integer >= 0")
     if cfg.eval_groups:
         _check("valid" in e.variations, "env.variations", dict(e.variations), "must give a valid-split count when eval_groups > 0")
