@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 ACTOR_DIED = "rollout_actor_died"
 
 
+def shard(items: list, parts: int) -> list[list]:
+    """Round-robin split of ``items`` into ``parts`` lists (one per actor)."""
+    return [items[i::parts] for i in range(parts)]
+
+
 class RolloutPoolDead(RuntimeError):
     """No rollout actor is left to play the remaining specs."""
 
@@ -89,7 +94,7 @@ class RolloutDispatch:
         return episode
 
     def _issue(self, specs: list[EpisodeSpec], actors: list[int], adapter: Published | None, streams: dict) -> None:
-        for index, chunk in zip(actors, [specs[i :: len(actors)] for i in range(len(actors))]):
+        for index, chunk in zip(actors, shard(specs, len(actors))):
             if chunk:
                 self.ledger.started += len(chunk)
                 ref = self.actors[index].stream.remote(chunk, self.queue, adapter)

@@ -146,11 +146,6 @@ def step_specs(cfg: Config, step: int) -> list[EpisodeSpec]:
     return episode_specs(cfg, groups, cfg.env.split, seed=cfg.seed * 100_003 + step, uid_prefix=f"step{step:05d}")
 
 
-def shard(items: list, parts: int) -> list[list]:
-    """Round-robin split of ``items`` into ``parts`` lists (one per actor)."""
-    return [items[i::parts] for i in range(parts)]
-
-
 def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec]) -> None:
     """Generate the TextWorld games the specs need before actors ask for them (in parallel)."""
     if cfg.env.name == "textworld":

@@ -188,10 +188,10 @@ def wait_for_loads(loads: list[ray.ObjectRef]) -> None:
             log.warning("an actor died before loading the new adapter (it catches up after its restart): %s", str(error).splitlines()[0])
 
 
-def first_token_latencies(pipeline: Pipeline) -> dict[int, float]:
-    """publish -> first token generated on that version, over all actors (seconds)."""
+def first_token_latencies(pipeline: Pipeline, reports: list[dict]) -> dict[int, float]:
+    """publish -> first token generated on that version, over all actors' ``reports`` (seconds)."""
     firsts: dict[int, float] = {}
-    for report in actor_reports(pipeline):
+    for report in reports:
         for version, t in report["first_use"].items():
             firsts[version] = min(firsts.get(version, t), t)
     return {v: firsts[v] - t0 for v, t0 in pipeline.publish_times.items() if v in firsts}
@@ -341,7 +341,7 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
         "mean_score_by_step": [h["return_mean"] for h in history],
         "wall_s": wall_s,
         "time_split_s": {"generate (actor sum)": generate_s, "env (actor sum)": env_s, **time_split},
-        "publish_to_first_token_s": first_token_latencies(pipeline),
+        "publish_to_first_token_s": first_token_latencies(pipeline, reports),
         "ledger": ledger.as_dict(),
         "rollout_actor_deaths": stage["rollout_actor_deaths"],
         "last_failures": stage["last_failures"],
