@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -58,22 +57,29 @@ class LearnerDied(RuntimeError):
     """A learner rank is gone; the run stops with its last checkpoint intact."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous_store():
+    """The store the learner ranks meet at, hosted by the driver as torchrun's agent hosts it.
+
+    The kernel binds it to a free port at once, so no other process can take that port between choosing
+    it and listening on it (choosing a free port and letting rank 0 bind it later raced with every Ray
+    worker starting at the same moment). It must outlive the ranks' process group."""
+    from torch.distributed import TCPStore
+
+    return TCPStore("0.0.0.0", 0, None, is_master=True, wait_for_workers=False)
 
 
-def make_learners(cfg: Config, model_dir: str, bundles=None) -> list:
-    """One Ray actor per rank; the driver sets the rank variables torch.distributed reads. The ranks
-    share one node (``launch.build.placement`` packs them), so rank 0 is reachable on 127.0.0.1."""
-    world, port = cfg.learner.num_ranks, free_port()
+def make_learners(cfg: Config, model_dir: str, bundles=None) -> tuple[list, object]:
+    """One Ray actor per rank, and their rendezvous store, which the caller keeps while the ranks live.
+    The driver sets the rank variables torch.distributed reads; the ranks share one node
+    (``launch.build.Placement`` packs them)."""
+    store, host = rendezvous_store(), ray.util.get_node_ip_address()
+    world = cfg.learner.num_ranks
     ranks = []
     for rank in range(world):
-        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank), "WORLD_SIZE": str(world)}
+        env = {"MASTER_ADDR": host, "MASTER_PORT": str(store.port), "RANK": str(rank), "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank), "WORLD_SIZE": str(world)}
         options = dict(num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, runtime_env={"env_vars": env})
         ranks.append(LearnerActor.options(**options, **(bundles(rank) if bundles else {})).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed))
-    return ranks
+    return ranks, store
 
 
 class Pipeline:
@@ -93,7 +99,7 @@ class Pipeline:
         self.learner_queue = Queue(maxsize=2 * size)  # bounded: a slow learner slows the rollouts down
         dispatch = RolloutDispatch(self.actors, self.rollout_queue, EpisodeLedger(), cfg.rollout.restart_timeout_s)
         self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward, self.evaluators, dispatch)
-        self.learners = make_learners(cfg, model_dir, self.placement.bundles("learner"))
+        self.learners, self.rendezvous = make_learners(cfg, model_dir, self.placement.bundles("learner"))
         self.published: Published | None = None
         self.publish_times: dict[int, float] = {}
         self.ledger = EpisodeLedger()

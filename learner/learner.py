@@ -49,8 +49,13 @@ class Learner:
         if self.device.type == "cpu":
             # The shared-memory all-reduce op is a 25-45 s JIT build; gloo alone is enough here.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="gloo" if self.device.type == "cpu" else "nccl")
-        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        # The ranks meet at the store the driver hosts (``launch.train.make_learners``); DeepSpeed then
+        # wraps the process group that exists.
+        store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size, is_master=False)
+        backend = "gloo" if self.device.type == "cpu" else "nccl"
+        torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
+        deepspeed.init_distributed(dist_backend=backend)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         seed_everything(seed)

@@ -51,7 +51,7 @@ def test_two_ranks_end_with_identical_adapters(ray_local, warm_model_dir, zero_s
     from launch.train import make_learners
 
     episodes = play(warm_model_dir, 16)
-    ranks = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=zero_stage, micro_batch_tokens=256), warm_model_dir)
+    ranks, rendezvous = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=zero_stage, micro_batch_tokens=256), warm_model_dir)
     initial = ray_local.get([r.trainable_parameters.remote() for r in ranks])[0]  # a collective under ZeRO-3
     queue = Queue()
     for step in range(2):
@@ -83,7 +83,7 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
     from launch.train import make_learners
 
     cfg = learner_config(warm_model_dir)
-    (learner,) = make_learners(cfg, warm_model_dir)
+    (learner,), rendezvous = make_learners(cfg, warm_model_dir)
     (actor,) = make_rollout_actors(cfg, warm_model_dir)
     specs = [EpisodeSpec("corridor-1", v // 4) for v in range(8)]
     queue = Queue()
@@ -121,3 +121,16 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
     assert metrics["dropped_stale"] == len(first_batch) and metrics["trained_episodes"] == 0
     for handle in (learner, actor):
         ray_local.kill(handle)
+
+
+def test_the_rendezvous_port_is_listening_before_any_rank_starts():
+    """No gap between choosing the port and listening on it: another process binding the port the ranks
+    are told fails at once (when rank 0 bound a port chosen earlier, a Ray worker starting meanwhile
+    could take it, and the rank died with EADDRINUSE)."""
+    import socket
+
+    from launch.train import rendezvous_store
+
+    store = rendezvous_store()
+    with socket.socket() as other, pytest.raises(OSError, match="in use"):
+        other.bind(("127.0.0.1", store.port))

@@ -214,7 +214,7 @@ def test_training_on_the_calibration_reward_makes_the_evaluator_more_right(ray_l
 
     cfg = Config(env=EnvConfig(name="corridor", tasks=["corridor-1"]), model=ModelConfig(path=warm_model_dir, dtype="float32"),
                  learner=LearnerConfig(lr=1e-2, bf16_autocast=False))  # fmt: skip
-    (learner,) = make_learners(cfg, warm_model_dir)
+    (learner,), rendezvous = make_learners(cfg, warm_model_dir)
     evaluator = SelfEvaluator(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), follow_policy=True, max_model_len=2048)
 
     def judge():
