@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import ray
 
@@ -45,15 +47,26 @@ def start_ray(cfg: Config) -> None:
         ray.init(address=address)
 
 
-def _roles(cfg: Config) -> list[tuple[str, str, int, float, float, str]]:
-    """(role, name, count, CPUs each, GPUs each, the config keys that set them) of every actor group."""
-    roles = [
-        ("rollout", "rollout actors", cfg.rollout.num_actors, cfg.rollout.num_cpus_per_actor, cfg.rollout.num_gpus_per_actor, "rollout.num_actors x rollout.num_{cpus,gpus}_per_actor"),
-        ("learner", "learner ranks", cfg.learner.num_ranks, cfg.learner.num_cpus_per_rank, cfg.learner.num_gpus_per_rank, "learner.num_ranks x learner.num_{cpus,gpus}_per_rank"),
+class Role(NamedTuple):
+    """One actor group as the resource check and the placement see it."""
+
+    key: str  # "rollout", "learner" or "reward"
+    name: str
+    count: int
+    cpus: float  # each
+    gpus: float  # each
+    config_keys: str  # the keys that set count, cpus and gpus
+
+
+def roles(cfg: Config) -> list[Role]:
+    """Every actor group of the run (no evaluators in ``env`` mode)."""
+    groups = [
+        Role("rollout", "rollout actors", cfg.rollout.num_actors, cfg.rollout.num_cpus_per_actor, cfg.rollout.num_gpus_per_actor, "rollout.num_actors x rollout.num_{cpus,gpus}_per_actor"),
+        Role("learner", "learner ranks", cfg.learner.num_ranks, cfg.learner.num_cpus_per_rank, cfg.learner.num_gpus_per_rank, "learner.num_ranks x learner.num_{cpus,gpus}_per_rank"),
     ]
     if cfg.reward.mode != "env":
-        roles.append(("reward", "evaluator actors", cfg.reward.num_actors, cfg.reward.num_cpus_per_actor, cfg.reward.num_gpus_per_actor, "reward.num_actors x reward.num_{cpus,gpus}_per_actor"))
-    return roles
+        groups.append(Role("reward", "evaluator actors", cfg.reward.num_actors, cfg.reward.num_cpus_per_actor, cfg.reward.num_gpus_per_actor, "reward.num_actors x reward.num_{cpus,gpus}_per_actor"))
+    return groups
 
 
 def check_resources(cfg: Config) -> None:
@@ -61,10 +74,10 @@ def check_resources(cfg: Config) -> None:
     forever for the missing one); the message lists what is missing and the keys that ask for it."""
     have = ray.cluster_resources()
     missing = []
-    for resource, index in (("CPU", 3), ("GPU", 4)):
-        need = sum(role[2] * role[index] for role in _roles(cfg))
+    for resource, each in (("CPU", "cpus"), ("GPU", "gpus")):
+        need = sum(role.count * getattr(role, each) for role in roles(cfg))
         if need > have.get(resource, 0.0) + 1e-9:
-            asked = "; ".join(f"{role[1]}: {role[2]} x {role[index]:g} ({role[5]})" for role in _roles(cfg) if role[index])
+            asked = "; ".join(f"{role.name}: {role.count} x {getattr(role, each):g} ({role.config_keys})" for role in roles(cfg) if getattr(role, each))
             missing.append(f"{need:g} {resource}s but the cluster has {have.get(resource, 0.0):g} ({asked})")
     if missing:
         raise ConfigError(
@@ -73,12 +86,17 @@ def check_resources(cfg: Config) -> None:
         )
 
 
+def unplaced(index: int) -> dict:
+    """The scheduling options of an actor outside any placement group: none."""
+    return {}
+
+
 class Placement:
     """Where each role's actors go: one Ray placement group with a bundle per actor, or none.
 
-    The learner ranks' bundles are a separate STRICT_PACK group, so all ranks share one node and reach
-    rank 0 on 127.0.0.1. ``bundles(role)`` returns a function from an actor's index to the scheduling
-    options that pin it to its bundle (None without placement groups).
+    The learner ranks' bundles are a separate STRICT_PACK group, so all ranks share one node.
+    ``bundles(role)`` returns a function from an actor's index to the scheduling options that pin it to
+    its bundle (``unplaced`` without placement groups).
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -90,14 +108,14 @@ class Placement:
         if strategy is None:
             return
         actors: list[dict] = []
-        for role, _, count, cpus, gpus, _ in _roles(cfg):
-            bundle = {"CPU": max(cpus, 0.01), **({"GPU": gpus} if gpus else {})}  # a bundle may not be empty
-            if role == "learner":
-                self.groups["learner"] = placement_group([bundle] * count, strategy="STRICT_PACK")
+        for role in roles(cfg):
+            bundle = {"CPU": max(role.cpus, 0.01), **({"GPU": role.gpus} if role.gpus else {})}  # a bundle may not be empty
+            if role.key == "learner":
+                self.groups["learner"] = placement_group([bundle] * role.count, strategy="STRICT_PACK")
                 self.offsets["learner"] = 0
             else:
-                self.offsets[role] = len(actors)
-                actors += [bundle] * count
+                self.offsets[role.key] = len(actors)
+                actors += [bundle] * role.count
         self.groups["actors"] = placement_group(actors, strategy=strategy)
         for name, group in self.groups.items():
             try:
@@ -109,9 +127,9 @@ class Placement:
                     f"{cfg.ray.placement_timeout_s:g} s: the cluster has {ray.available_resources()} free"
                 ) from None
 
-    def bundles(self, role: str):
+    def bundles(self, role: str) -> Callable[[int], dict]:
         if role not in self.offsets:
-            return None
+            return unplaced
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         group = self.groups["learner" if role == "learner" else "actors"]
@@ -162,7 +180,7 @@ def engine_threads(cfg: Config, num_engines: int, index: int) -> str:
     return split_cores(sorted(os.sched_getaffinity(0)), num_engines, index)
 
 
-def make_rollout_actors(cfg: Config, model_dir: str, bundles=None) -> list:
+def make_rollout_actors(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = unplaced) -> list:
     """Ray restarts a dead actor up to ``rollout.max_restarts`` times (``actors.dispatch`` re-issues
     its episodes); ``bundles`` pins actor i to its placement-group bundle."""
     r = cfg.rollout
@@ -176,7 +194,7 @@ def make_rollout_actors(cfg: Config, model_dir: str, bundles=None) -> list:
             num_gpus=r.num_gpus_per_actor,
             max_restarts=r.max_restarts,
             runtime_env={"env_vars": ACTOR_ENV_VARS},
-            **(bundles(i) if bundles else {}),
+            **bundles(i),
         ).remote(
             i, engine_factory, _EnvFactory(cfg), model_dir, r.envs_per_actor, sampling, prompt, cfg.engine.max_model_len,
             env_step_timeout_s=r.env_step_timeout_s, max_episode_retries=r.max_episode_retries,
@@ -185,7 +203,7 @@ def make_rollout_actors(cfg: Config, model_dir: str, bundles=None) -> list:
     return actors
 
 
-def make_evaluators(cfg: Config, model_dir: str, bundles=None) -> list:
+def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = unplaced) -> list:
     """The reward pool's evaluator actors (none in ``env`` mode), each with an engine of the rollout's kind."""
     from reward.evaluator import EvaluatorActor
     from reward.stage import hindsight_settings
@@ -198,7 +216,7 @@ def make_evaluators(cfg: Config, model_dir: str, bundles=None) -> list:
         evaluators.append(
             EvaluatorActor.options(
                 num_cpus=cfg.reward.num_cpus_per_actor, num_gpus=cfg.reward.num_gpus_per_actor, max_restarts=cfg.reward.max_restarts,
-                runtime_env={"env_vars": ACTOR_ENV_VARS}, **(bundles(i) if bundles else {}),
+                runtime_env={"env_vars": ACTOR_ENV_VARS}, **bundles(i),
             ).remote(
                 factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len
             )
