@@ -5,8 +5,8 @@ Each actor streams its share of the specs into a queue. When an actor dies (kill
 node lost), the attempts it still owed are written off as failed (``rollout_actor_died``, with the
 error) and their specs are issued again, so a GRPO group is never left short: to the same actor once
 Ray has restarted it (``rollout.max_restarts``), otherwise to the live ones. A restarted actor catches
-up to the current adapter version before it plays. Every attempt is counted in the ledger passed in,
-which is the run's one ledger.
+up to the current adapter version before it plays. Every attempt is counted in the ledger each
+``play`` call is given.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import (
@@ -51,82 +51,91 @@ class _Stream:
     uids: list[str]
 
 
+@dataclass
+class _Call:
+    """The state of one ``play`` call."""
+
+    ledger: EpisodeLedger
+    adapter: Published | None
+    owed: dict[str, EpisodeSpec]  # specs without a final episode yet
+    streams: dict[ray.ObjectRef, _Stream] = field(default_factory=dict)  # the actors' running streams
+
+
 class RolloutDispatch:
-    def __init__(self, actors: list, queue: Queue, ledger: EpisodeLedger, restart_timeout_s: float = 300.0, poll_s: float = 1.0) -> None:
+    def __init__(self, actors: list, queue: Queue, restart_timeout_s: float = 300.0, poll_s: float = 1.0) -> None:
         self.actors = actors
         self.live = list(range(len(actors)))
         self.queue = queue
-        self.ledger = ledger
         self.restart_timeout_s = restart_timeout_s
         self.poll_s = poll_s
         self.actor_deaths = 0
         self.failures: deque[tuple[str, str]] = deque(maxlen=100)  # (spec uid, reason) of the latest failed attempts
 
-    def play(self, specs: list[EpisodeSpec], adapter: Published | None = None) -> Iterator[Episode]:
-        """Yield one ended episode per spec (finished, or failed for good), in arrival order."""
+    def play(self, specs: list[EpisodeSpec], ledger: EpisodeLedger, adapter: Published | None = None) -> Iterator[Episode]:
+        """Yield one ended episode per spec (finished, or failed for good), in arrival order; every
+        attempt is counted in ``ledger``."""
         specs = [s if s.uid else replace(s, uid=f"spec{i}") for i, s in enumerate(specs)]
         if len({s.uid for s in specs}) != len(specs):
             raise ValueError("episode spec uids must be unique within one dispatch")
-        owed = {s.uid: s for s in specs}  # specs without a final episode yet
-        streams: dict[ray.ObjectRef, _Stream] = {}
-        self._issue(specs, self.live, adapter, streams)
-        while owed:
+        call = _Call(ledger, adapter, {s.uid: s for s in specs})
+        self._issue(call, specs, self.live)
+        while call.owed:
             try:
                 episode: Episode = self.queue.get(timeout=self.poll_s)
             except Empty:
-                yield from self._check_streams(streams, owed, adapter)
+                yield from self._check_streams(call)
                 continue
-            final = self._receive(episode, owed)
+            final = self._receive(call, episode)
             if final is not None:
                 yield final
-        ray.get(list(streams))  # every stream has returned; surfaces an actor's own error
+        ray.get(list(call.streams))  # every stream has returned; surfaces an actor's own error
 
-    def _receive(self, episode: Episode, owed: dict[str, EpisodeSpec]) -> Episode | None:
-        if episode.spec_uid not in owed:  # its actor was written off before this arrived
-            self.ledger.late += 1
+    def _receive(self, call: _Call, episode: Episode) -> Episode | None:
+        if episode.spec_uid not in call.owed:  # its actor was written off before this arrived
+            call.ledger.late += 1
             return None
-        self.ledger.end(episode)
+        call.ledger.end(episode)
         if episode.status == "failed":
             self.failures.append((episode.spec_uid, episode.failure_reason or ""))
         if episode.retried:
             return None
-        del owed[episode.spec_uid]
+        del call.owed[episode.spec_uid]
         return episode
 
-    def _issue(self, specs: list[EpisodeSpec], actors: list[int], adapter: Published | None, streams: dict) -> None:
+    def _issue(self, call: _Call, specs: list[EpisodeSpec], actors: list[int]) -> None:
         for index, chunk in zip(actors, shard(specs, len(actors))):
             if chunk:
-                self.ledger.started += len(chunk)
-                ref = self.actors[index].stream.remote(chunk, self.queue, adapter)
-                streams[ref] = _Stream(index, [s.uid for s in chunk])
+                call.ledger.started += len(chunk)
+                ref = self.actors[index].stream.remote(chunk, self.queue, call.adapter)
+                call.streams[ref] = _Stream(index, [s.uid for s in chunk])
 
-    def _check_streams(self, streams: dict, owed: dict[str, EpisodeSpec], adapter: Published | None) -> list[Episode]:
+    def _check_streams(self, call: _Call) -> list[Episode]:
         """Re-issue the owed specs of every stream whose actor died; returns the final episodes that
         were still in the queue when that was noticed."""
         finals: list[Episode] = []
-        done, _ = ray.wait(list(streams), num_returns=len(streams), timeout=0)
+        done, _ = ray.wait(list(call.streams), num_returns=len(call.streams), timeout=0)
         for ref in done:
-            stream = streams.pop(ref)
+            stream = call.streams.pop(ref)
             try:
                 ray.get(ref)
                 continue
             except RayActorError as error:
                 reason = f"{ACTOR_DIED}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
             for episode in self.queue.get_nowait_batch(self.queue.qsize()):  # what it sent before dying
-                final = self._receive(episode, owed)
+                final = self._receive(call, episode)
                 if final is not None:
                     finals.append(final)
-            lost = [owed[uid] for uid in stream.uids if uid in owed]
+            lost = [call.owed[uid] for uid in stream.uids if uid in call.owed]
             self.actor_deaths += 1
             log.warning("rollout actor %d died with %d episodes owed: %s", stream.actor, len(lost), reason)
             for spec in lost:
-                self.ledger.failed[ACTOR_DIED] += 1
-                self.ledger.retried += 1
+                call.ledger.failed[ACTOR_DIED] += 1
+                call.ledger.retried += 1
                 self.failures.append((spec.uid, reason))
             targets = [stream.actor] if self._restarted(stream.actor) else self.live
             if lost and not targets:
                 raise RolloutPoolDead(f"every rollout actor has died; {len(lost)} specs cannot be played. Last error: {reason}")
-            self._issue(lost, targets, adapter, streams)
+            self._issue(call, lost, targets)
         return finals
 
     def _restarted(self, index: int) -> bool:

@@ -41,11 +41,11 @@ def play(cfg, actors: list, specs: list, out_file) -> tuple[list[Episode], Episo
     episode as it arrives. Returns (episodes, ledger, wall s)."""
     queue = Queue(maxsize=4 * len(actors) * cfg.rollout.envs_per_actor)
     ledger = EpisodeLedger()
-    dispatch = RolloutDispatch(actors, queue, ledger, cfg.rollout.restart_timeout_s)
+    dispatch = RolloutDispatch(actors, queue, cfg.rollout.restart_timeout_s)
     start = time.perf_counter()
     episodes: list[Episode] = []
     with tqdm(total=len(specs), desc="episodes", unit="ep") as bar:
-        for episode in dispatch.play(specs):
+        for episode in dispatch.play(specs, ledger):
             episodes.append(episode)
             out_file.write(episode.to_json() + "\n")
             wins = sum(e.success for e in episodes)

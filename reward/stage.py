@@ -88,8 +88,7 @@ class RewardStage:
         if self.dispatch is None:
             raise RuntimeError("this reward stage was built without rollout actors (dispatch=None)")
         self.adapter = adapter
-        self.dispatch.ledger = self.ledger
-        return self.dispatch.play(specs, adapter)
+        return self.dispatch.play(specs, self.ledger, adapter)
 
     def _take_ledger(self) -> EpisodeLedger:
         ledger, self.ledger = self.ledger, EpisodeLedger()

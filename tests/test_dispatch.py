@@ -75,10 +75,10 @@ def test_a_killed_actor_is_restarted_catches_up_and_its_owed_specs_are_played_ag
     adapter = random_adapter(tiny_model_dir, version=1, seed=2)
     published = Published(1, [ray.put(adapter)])
     ledger = EpisodeLedger()
-    dispatch = RolloutDispatch(pool, Queue(maxsize=4), ledger, restart_timeout_s=120, poll_s=0.2)
+    dispatch = RolloutDispatch(pool, Queue(maxsize=4), restart_timeout_s=120, poll_s=0.2)
     wanted = specs(16)
     killer = kill_when(pool[0], ledger, 2, ray)
-    episodes = list(dispatch.play(wanted, published))
+    episodes = list(dispatch.play(wanted, ledger, published))
     killer.join()
 
     print(f"\nactor deaths {dispatch.actor_deaths}, ledger {ledger.as_dict()}")
@@ -102,9 +102,9 @@ def test_specs_of_an_actor_without_restarts_go_to_the_others_and_an_empty_pool_i
 
     pool = actors(tiny_model_dir, 2, max_restarts=0)
     ledger = EpisodeLedger()
-    dispatch = RolloutDispatch(pool, Queue(maxsize=4), ledger, restart_timeout_s=30, poll_s=0.2)
+    dispatch = RolloutDispatch(pool, Queue(maxsize=4), restart_timeout_s=30, poll_s=0.2)
     killer = kill_when(pool[1], ledger, 1, ray)
-    episodes = list(dispatch.play(specs(8)))
+    episodes = list(dispatch.play(specs(8), ledger))
     killer.join()
     assert len(episodes) == 8 and len({e.spec_uid for e in episodes}) == 8 and dispatch.live == [0]
     owed_to_the_dead = {s.uid for s in specs(8)[1::2]}
@@ -113,5 +113,5 @@ def test_specs_of_an_actor_without_restarts_go_to_the_others_and_an_empty_pool_i
 
     killer = kill_when(pool[0], ledger, ledger.finished + 1, ray)
     with pytest.raises(RolloutPoolDead, match="every rollout actor has died"):
-        list(dispatch.play(specs(8)))
+        list(dispatch.play(specs(8), ledger))
     killer.join()
