@@ -19,6 +19,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -43,6 +44,7 @@ from launch.build import (
     resolve_model_dir,
     start_ray,
     step_specs,
+    unplaced,
 )
 from launch.tracking import RunLogger, WandbSettings
 from learner.learner import Learner
@@ -53,8 +55,20 @@ log = logging.getLogger(__name__)
 LearnerActor = ray.remote(Learner)
 
 
-class LearnerDied(RuntimeError):
-    """A learner rank is gone; the run stops with its last checkpoint intact."""
+class RunStopped(RuntimeError):
+    """An actor the run cannot go on without is gone; the run stops with its last checkpoint intact."""
+
+    who = "an actor"
+
+
+class LearnerDied(RunStopped):
+    who = "a learner rank"
+
+
+class RewardStageDied(RunStopped):
+    """The reward stage coordinates the rollouts; rollout actors and evaluators are restarted, it is not."""
+
+    who = "the reward stage"
 
 
 def rendezvous_store():
@@ -68,7 +82,7 @@ def rendezvous_store():
     return TCPStore("0.0.0.0", 0, None, is_master=True, wait_for_workers=False)
 
 
-def make_learners(cfg: Config, model_dir: str, bundles=None) -> tuple[list, object]:
+def make_learners(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = unplaced) -> tuple[list, object]:
     """One Ray actor per rank, and their rendezvous store, which the caller keeps while the ranks live.
     The driver sets the rank variables torch.distributed reads; the ranks share one node
     (``launch.build.Placement`` packs them)."""
@@ -78,7 +92,7 @@ def make_learners(cfg: Config, model_dir: str, bundles=None) -> tuple[list, obje
     for rank in range(world):
         env = {"MASTER_ADDR": host, "MASTER_PORT": str(store.port), "RANK": str(rank), "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank), "WORLD_SIZE": str(world)}
         options = dict(num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, runtime_env={"env_vars": env})
-        ranks.append(LearnerActor.options(**options, **(bundles(rank) if bundles else {})).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed))
+        ranks.append(LearnerActor.options(**options, **bundles(rank)).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed))
     return ranks, store
 
 
@@ -97,7 +111,7 @@ class Pipeline:
         size = cfg.learner.episodes_per_step
         self.rollout_queue = Queue(maxsize=2 * size)
         self.learner_queue = Queue(maxsize=2 * size)  # bounded: a slow learner slows the rollouts down
-        dispatch = RolloutDispatch(self.actors, self.rollout_queue, EpisodeLedger(), cfg.rollout.restart_timeout_s)
+        dispatch = RolloutDispatch(self.actors, self.rollout_queue, cfg.rollout.restart_timeout_s)
         self.reward = RewardActor.options(num_cpus=0).remote(cfg.reward, self.evaluators, dispatch)
         self.learners, self.rendezvous = make_learners(cfg, model_dir, self.placement.bundles("learner"))
         self.published: Published | None = None
@@ -111,10 +125,17 @@ class Pipeline:
         prepare_env_assets(self.cfg, specs)  # this step's TextWorld games (made once, then cached)
         return self.reward.pump.remote(specs, self.learner_queue, self.published)
 
+    def collect(self, batch: ray.ObjectRef) -> dict:
+        """The result of a batch ``generate`` started."""
+        return self._get(batch, RewardStageDied)
+
+    def reward_stats(self) -> dict:
+        return self._get(self.reward.stats.remote(), RewardStageDied)
+
     def train(self, num_episodes: int) -> dict:
         world = len(self.learners)
         shares = [num_episodes // world + (r < num_episodes % world) for r in range(world)]
-        results = self._learner_call([l.train_from_queue.remote(self.learner_queue, n) for l, n in zip(self.learners, shares)])
+        results = self._get([l.train_from_queue.remote(self.learner_queue, n) for l, n in zip(self.learners, shares)])
         merged = dict(results[0])
         for key in ("episodes", "successes", "trained_episodes", "env_steps", "dropped_stale", "samples", "action_tokens", "train_tokens"):
             merged[key] = sum(r[key] for r in results)
@@ -128,7 +149,7 @@ class Pipeline:
         """Gather the adapter (every rank takes part under ZeRO-3), put it once into the object store,
         and queue a load on every actor. Returns the version and the actors' pending loads."""
         start = time.time()
-        adapters = adapters or self._learner_call([l.publish.remote() for l in self.learners])
+        adapters = adapters or self._get([l.publish.remote() for l in self.learners])
         ref = ray.put(adapters[0])
         self.published = Published(adapters[0].version, [ref])
         loads = [a.load_adapter.remote(ref) for a in self.actors + self.evaluators]
@@ -137,7 +158,7 @@ class Pipeline:
 
     def evaluate(self, specs: list) -> dict:
         """Play ``specs`` with the current policy; the episodes are not trained on."""
-        episodes, ledger = ray.get(self.reward.play.remote(specs, self.published))
+        episodes, ledger = self._get(self.reward.play.remote(specs, self.published), RewardStageDied)
         self.ledger = self.ledger.merge(ledger)
         finished = [e for e in episodes if e.status == "finished"]
         return {
@@ -151,8 +172,8 @@ class Pipeline:
         first: a folder named ``step*`` or ``final`` is always complete."""
         partial = directory.with_name(directory.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        self._learner_call([l.save_checkpoint.remote(str(partial)) for l in self.learners])
-        (partial / "reward_state.json").write_text(json.dumps(ray.get(self.reward.state_dict.remote())))
+        self._get([l.save_checkpoint.remote(str(partial)) for l in self.learners])
+        (partial / "reward_state.json").write_text(json.dumps(self._get(self.reward.state_dict.remote(), RewardStageDied)))
         (partial / "driver_state.json").write_text(json.dumps({**driver_state, "ledger": self.ledger.as_dict()}))
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)
@@ -160,21 +181,23 @@ class Pipeline:
 
     def restore(self, directory: Path) -> dict:
         """Load a checkpoint into the learners and the reward stage and give the actors its adapter."""
-        states = self._learner_call([l.load_checkpoint.remote(str(directory)) for l in self.learners])
-        ray.get(self.reward.load_state_dict.remote(json.loads((directory / "reward_state.json").read_text())))
+        states = self._get([l.load_checkpoint.remote(str(directory)) for l in self.learners])
+        self._get(self.reward.load_state_dict.remote(json.loads((directory / "reward_state.json").read_text())), RewardStageDied)
         driver = json.loads((directory / "driver_state.json").read_text())
         self.ledger = EpisodeLedger.from_dict(driver["ledger"])
-        adapters = self._learner_call([l.current_adapter.remote() for l in self.learners])
+        adapters = self._get([l.current_adapter.remote() for l in self.learners])
         if states[0]["version"] > 0:
             _, loads = self.publish(adapters)
             wait_for_loads(loads)
         return driver
 
-    def _learner_call(self, refs: list) -> list:
+    @staticmethod
+    def _get(refs, stopped: type[RunStopped] = LearnerDied):
+        """``ray.get`` on calls to actors the run cannot lose: their death stops the run."""
         try:
             return ray.get(refs)
         except RayActorError as error:
-            raise LearnerDied(f"a learner rank died: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+            raise stopped(f"{stopped.who} died: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
 
     def close(self) -> None:
         for actor in self.actors + self.evaluators + self.learners + [self.reward]:
@@ -241,10 +264,10 @@ def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
     pipeline = Pipeline(cfg, model_dir)
     try:
         return train_loop(cfg, run_dir, pipeline, eval_specs, wall_start, resume_from)
-    except LearnerDied as error:
+    except RunStopped as error:
         last = last_checkpoint(run_dir)
         where = f"The last complete checkpoint is {last}." if last else "No checkpoint was written yet (learner.checkpoint_every)."
-        raise LearnerDied(f"{error}. The run stopped. {where}" + (f" Resume with:\n  {resume_command}" if last and resume_command else "")) from error
+        raise type(error)(f"{error}. The run stopped. {where}" + (f" Resume with:\n  {resume_command}" if last and resume_command else "")) from error
     finally:
         pipeline.close()  # a Hydra multirun starts the next run in this process and Ray instance
 
@@ -262,6 +285,10 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
     elif eval_specs:
         evaluations["before"] = pipeline.evaluate(eval_specs)
 
+    def driver_state(step: int, wall_s: float) -> dict:
+        """What a checkpoint keeps of the driver (the pipeline adds the ledger)."""
+        return {"step": step, "history": history, "time_split": time_split, "evaluations": evaluations, "wall_s": wall_s}
+
     logger = RunLogger(run_dir, dataclasses.asdict(cfg), wandb_settings(cfg))  # metrics.jsonl starts over:
     for metrics in history:  # on resume, the steps up to the checkpoint (later lines were lost with the driver)
         logger.log(metrics["step"], metrics)
@@ -274,7 +301,7 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
     bar = tqdm(range(first_step, cfg.learner.steps), desc="learner steps", unit="step", initial=first_step, total=cfg.learner.steps)
     for step in bar:
         t0 = time.perf_counter()
-        reward_metrics = ray.get(pending)
+        reward_metrics = pipeline.collect(pending)
         queued = reward_metrics.pop("queued")
         pipeline.ledger = pipeline.ledger.merge(reward_metrics.pop("ledger"))
         for q, z in reward_metrics.pop("self_eval"):
@@ -299,8 +326,7 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
         logger.log(step + 1, metrics)
         self_eval_file.flush()
         if cfg.learner.checkpoint_every and (step + 1) % cfg.learner.checkpoint_every == 0 and step + 1 < cfg.learner.steps:
-            state = {"step": step + 1, "history": history, "time_split": time_split, "evaluations": evaluations, "wall_s": metrics["wall_s"]}
-            pipeline.checkpoint(run_dir / "checkpoints" / f"step{step + 1}", state)
+            pipeline.checkpoint(run_dir / "checkpoints" / f"step{step + 1}", driver_state(step + 1, metrics["wall_s"]))
         if cfg.mode == "sync" and step + 1 < cfg.learner.steps:
             pending = pipeline.generate(step + 1)
         bar.set_postfix(success=f"{metrics['success_rate']:.2f}", v=metrics["policy_version"], stale=metrics["dropped_stale"], tok=metrics["train_tokens"])
@@ -309,8 +335,7 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
     if eval_specs:
         evaluations["after"] = pipeline.evaluate(eval_specs)
     wall_s = time.perf_counter() - wall_start
-    final_state = {"step": cfg.learner.steps, "history": history, "time_split": time_split, "evaluations": evaluations, "wall_s": wall_s}
-    pipeline.checkpoint(run_dir / "checkpoints" / "final", final_state)
+    pipeline.checkpoint(run_dir / "checkpoints" / "final", driver_state(cfg.learner.steps, wall_s))
     summary = summarize(cfg, pipeline, history, time_split, wall_s)
     summary["evaluation"] = evaluations
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -333,7 +358,7 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
     reports = actor_reports(pipeline)
     ledger = pipeline.ledger
     ledger.check(expect_idle=True)
-    stage = ray.get(pipeline.reward.stats.remote())
+    stage = pipeline.reward_stats()
     generate_s = sum(r["stats"].generate_s for r in reports)
     env_s = sum(r["stats"].env_s for r in reports)
     return {

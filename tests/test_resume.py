@@ -1,6 +1,6 @@
 """Stop and resume: a run whose driver is killed after step 1 and resumed from its checkpoint ends with
-the same adapter as an uninterrupted run; a run whose learner dies stops with its last checkpoint intact
-and prints the command that resumes it."""
+the same adapter as an uninterrupted run; a run whose learner or reward stage dies stops with its last
+checkpoint intact and prints the command that resumes it."""
 
 from __future__ import annotations
 
@@ -54,10 +54,14 @@ def adapter_tensors(run_dir: Path) -> dict:
     return load_file(run_dir / "checkpoints" / "final" / "adapter" / "adapter_model.safetensors")
 
 
-def learner_pid(driver_pid: int) -> int:
-    """The process of this driver's learner rank."""
-    (learner,) = actor_processes("Learner", since=psutil.Process(driver_pid).create_time())
-    return learner.pid
+def actor_pid(class_name: str):
+    """``victim`` for ``start_and_kill``: the process of this driver's one actor of ``class_name``."""
+
+    def pid(driver_pid: int) -> int:
+        (process,) = actor_processes(class_name, since=psutil.Process(driver_pid).create_time())
+        return process.pid
+
+    return pid
 
 
 def test_a_killed_and_resumed_run_ends_with_the_same_adapter_as_an_uninterrupted_one(tmp_path):
@@ -83,13 +87,14 @@ def test_a_killed_and_resumed_run_ends_with_the_same_adapter_as_an_uninterrupted
     assert metrics[1]["reward/dense_std"] > 0  # step 2 was scored with the calibration map restored from step 1
 
 
-def test_a_dead_learner_stops_the_run_with_its_last_checkpoint_and_the_resume_command(tmp_path):
+@pytest.mark.parametrize("actor, who", [("Learner", "a learner rank"), ("RewardStage", "the reward stage")])
+def test_a_dead_learner_or_reward_stage_stops_the_run_with_its_last_checkpoint_and_the_resume_command(tmp_path, actor, who):
     from core.adapter import AdapterWeights
 
     run_dir = tmp_path / "run"
-    result = start_and_kill(run_dir, victim=learner_pid)
+    result = start_and_kill(run_dir, victim=actor_pid(actor))
     assert result.returncode != 0
-    assert "a learner rank died" in result.stderr and "The run stopped." in result.stderr
+    assert f"{who} died" in result.stderr and "The run stopped." in result.stderr
     last = run_dir / "checkpoints" / ("step2" if (run_dir / "checkpoints" / "step2").exists() else "step1")
     assert f"The last complete checkpoint is {last}" in result.stderr
     assert f"resume={run_dir}" in result.stderr and "python -m launch.train" in result.stderr
