@@ -31,6 +31,22 @@ from learner.samples import (
 )
 
 
+def join_process_group(device: torch.device) -> tuple[int, int]:
+    """Join the ranks' process group at the store the driver hosts (``launch.train.make_learners`` sets
+    the variables); DeepSpeed then wraps the group that exists. Returns (rank, world size)."""
+    import deepspeed
+
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if key not in os.environ]
+    if missing:
+        raise RuntimeError(f"the learner needs {', '.join(missing)} in its environment: start ranks with launch.train.make_learners")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    backend = "gloo" if device.type == "cpu" else "nccl"
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world)
+    deepspeed.init_distributed(dist_backend=backend)
+    return rank, world
+
+
 def episode_version(episode: Episode) -> int:
     return min((s.policy_version for s in episode.steps), default=0)
 
@@ -49,13 +65,7 @@ class Learner:
         if self.device.type == "cpu":
             # The shared-memory all-reduce op is a 25-45 s JIT build; gloo alone is enough here.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        # The ranks meet at the store the driver hosts (``launch.train.make_learners``); DeepSpeed then
-        # wraps the process group that exists.
-        store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size, is_master=False)
-        backend = "gloo" if self.device.type == "cpu" else "nccl"
-        torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
-        deepspeed.init_distributed(dist_backend=backend)
+        self.rank, self.world_size = join_process_group(self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         seed_everything(seed)

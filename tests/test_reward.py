@@ -15,7 +15,7 @@ from actors.rollout import EpisodeSpec, RolloutWorker
 from conf.schema import RewardConfig
 from envs.corridor import CorridorEnv
 from reward.evaluator import SelfEvaluator
-from reward.hindsight import HindsightPrompts, HindsightSettings
+from reward.hindsight import HindsightSettings
 from reward.mise import yes_probability
 
 pytestmark = pytest.mark.slow
