@@ -99,6 +99,7 @@ class LearnerConfig:
     omega: float = 0.0  # weight of the step-level advantage
     gamma: float = 1.0
     bf16_autocast: bool = True
+    trim_memory: bool = True  # after each step, give freed heap pages back to the OS (glibc malloc_trim; core/memory.py)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from conf.schema import LearnerConfig
 from core.adapter import AdapterWeights, CheckpointError
 from core.episode import Episode
+from core.memory import release_freed_memory
 from learner.losses import LossConfig, policy_loss, token_logprobs
 from learner.samples import (
     Sample,
@@ -133,6 +134,8 @@ class Learner:
             self.engine.step()
         self.step += 1
         self.trained_episodes += len(fresh)
+        if self.cfg.trim_memory:
+            release_freed_memory()  # this step's activations: else RSS climbs with every new sequence length
         return {
             "learner_step": self.step,
             "policy_version": self.version,
