@@ -190,7 +190,8 @@ class RewardStage:
             calibration = batch.maps.get(self.calibration_key(episode)) if batch else None
             if calibration is not None:
                 dense = calibration.step_rewards(features)
-            if self.cfg.calibration_weight > 0:
+            if self.cfg.calibration_weight > 0 and self.cfg.evaluator == "policy":
+                # r_C trains the policy as a judge; a frozen base evaluator never reads those weights.
                 episode.answer_samples = answer_samples(judgement, float(episode.success), self.cfg.calibration_weight)
         dense = [float(np.clip(d, -self.cfg.clip, self.cfg.clip)) for d in dense]
         for step, d in zip(episode.steps, dense, strict=True):

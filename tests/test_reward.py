@@ -183,6 +183,22 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
     assert ledger.scored == ledger.queued == len(third) and ledger.degraded == len(third)
 
 
+def test_a_frozen_base_evaluator_trains_no_calibration_answers_into_the_policy(evaluator, episodes):
+    """r_C trains the policy's own answer; with reward.evaluator=base the judge never reads those
+    weights, so training them would only pull the policy toward a task it is not used for."""
+    from reward.stage import RewardStage
+
+    judged = fresh(episodes[:4])
+    judgements, _ = evaluator.evaluate(judged)
+    for episode, judgement in zip(judged, judgements):
+        episode.self_evaluation = judgement
+    frozen = RewardStage(RewardConfig(mode="mise", evaluator="base"), evaluators=[object()])
+    policy = RewardStage(RewardConfig(mode="mise", evaluator="policy"), evaluators=[object()])
+    for episode in judged:
+        assert frozen.score(copy.deepcopy(episode)).answer_samples == []
+        assert len(policy.score(copy.deepcopy(episode)).answer_samples) == 2  # the Yes and the No token
+
+
 class SlowEvaluator(SelfEvaluator):
     def evaluate(self, episodes, adapter=None):  # injected fault: a call that hangs
         time.sleep(60)
