@@ -73,6 +73,15 @@ class ThroughputStats:
         return ThroughputStats(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
 
 
+class ActorSetupError(RuntimeError):
+    """An actor's constructor failed on bad input (a config or env error): the same on every retry,
+    so it is reported once from ``ready`` instead of Ray restarting the actor into the same error."""
+
+
+# Errors of the input, not of the machine: restarting the actor cannot help.
+SETUP_ERRORS = (EnvError, ValueError, FileNotFoundError)
+
+
 class EnvTimeout(RuntimeError):
     """An env call did not return within ``env_step_timeout_s``."""
 
@@ -123,10 +132,17 @@ class RolloutWorker:
         from transformers import AutoTokenizer
 
         self.worker_id = worker_id
-        self.engine = engine_factory()
-        self.env_factory = env_factory
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        self.slots = [_Slot(env_factory()) for _ in range(num_envs)]
+        self.setup_error: str | None = None
+        self.slots: list[_Slot] = []
+        try:
+            self.engine = engine_factory()
+            self.env_factory = env_factory
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            for _ in range(num_envs):
+                self.slots.append(_Slot(env_factory()))
+        except SETUP_ERRORS as error:  # the same on every retry: reported once (ready), never restarted
+            self.setup_error = f"{type(error).__name__}: {error}"
+            self.close()
         self.sampling = sampling
         self.prompt = prompt
         self.max_model_len = max_model_len
@@ -135,6 +151,12 @@ class RolloutWorker:
         self.policy_version = 0
         self.stats = ThroughputStats()
         self.first_use: dict[int, float] = {}  # policy version -> wall time its first tokens were generated
+
+    def ready(self) -> bool:
+        """True once built; raises ``ActorSetupError`` if the constructor failed on bad input."""
+        if self.setup_error is not None:
+            raise ActorSetupError(f"rollout actor {self.worker_id} could not start: {self.setup_error}")
+        return True
 
     # --- adapter versions ----------------------------------------------------------------------
     def load_adapter(self, adapter: AdapterWeights) -> int:
@@ -149,18 +171,21 @@ class RolloutWorker:
             self.load_adapter(adapter.fetch())
 
     def resident_versions(self) -> list[int]:
+        self.ready()
         return self.engine.resident_versions()
 
     # --- playing -------------------------------------------------------------------------------
     def run(self, specs: list[EpisodeSpec], adapter: Published | None = None) -> list[Episode]:
         """Play every spec to the end (or to failure); return every ended attempt, the retried ones
         (flagged ``retried``) included."""
+        self.ready()
         self.catch_up(adapter)
         return list(self._play(specs))
 
     def stream(self, specs: list[EpisodeSpec], queue, adapter: Published | None = None) -> int:
         """Like ``run``, but each attempt goes into ``queue`` (a ``ray.util.queue.Queue``) as soon as
         it ends; a bounded queue makes a slow consumer slow the rollout down. Returns the count."""
+        self.ready()
         self.catch_up(adapter)
         count = 0
         for episode in self._play(specs):
@@ -311,7 +336,8 @@ class RolloutWorker:
     def close(self) -> None:
         for slot in self.slots:
             slot.env.close()
-        self.engine.close()
+        if hasattr(self, "engine"):
+            self.engine.close()
 
 
 RolloutActor = ray.remote(RolloutWorker)

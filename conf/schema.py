@@ -25,8 +25,10 @@ class EnvConfig:
     tasks: list[str] = field(default_factory=lambda: ["recipe1+take1+go1"])
     split: str = "train"
     max_steps: int = 8
-    # How many variations (seeds) each split offers; the seed ranges of the splits are disjoint.
-    variations: dict[str, int] = field(default_factory=lambda: {"train": 10000, "valid": 100, "test": 100})
+    # How many variations each split offers per task (the seed ranges of the splits are disjoint). A number
+    # caps each task's count; null = all that each task has (ScienceWorld; TextWorld and the corridor
+    # make their games from seeds, so they need a number).
+    variations: dict[str, int | None] = field(default_factory=lambda: {"train": 10000, "valid": 100, "test": 100})
     cache_dir: str | None = None  # generated games; default: $MISE_CACHE or ~/.cache/mise-rl
     step_caps: dict[str, int] = field(default_factory=dict)  # scienceworld: per-task max_steps (task name or id -> cap)
     simplification: str = "easy"  # scienceworld: comma-separated simplifications; "easy" = all of them
@@ -191,6 +193,7 @@ MODES = ("sync", "async")
 DTYPES = ("bfloat16", "float16", "float32")
 SPLITS = ("train", "valid", "test")
 PLACEMENT_STRATEGIES = (None, "PACK", "SPREAD")
+JOBS = ("train", "rollout", "evaluate")  # the entry points; some rules hold only for training
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -204,8 +207,15 @@ def _check(ok: bool, key: str, value: Any, valid: str) -> None:
         raise ConfigError(f"config {key}={value!r} is invalid: {valid}")
 
 
-def validate(cfg: DictConfig | Config) -> Config:
-    """Return the config as a typed ``Config`` or raise ``ConfigError`` naming the first bad key."""
+def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
+    """Return the config as a typed ``Config`` or raise ``ConfigError`` naming the first bad key.
+
+    ``job`` is the entry point the config is for (``JOBS``): the rules that only training needs (it
+    samples, and it compares the rollout's log-probs with the learner's) apply to ``train`` alone.
+    Limits that only the environments know (a task's number of variations) are checked by
+    ``envs.variation_counts``, still before any actor starts."""
+    if job not in JOBS:
+        raise ValueError(f"validate(job={job!r}): job must be one of {JOBS}")
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))  # type: ignore[assignment]
     assert isinstance(cfg, Config)
@@ -216,7 +226,11 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(e.max_steps >= 1, "env.max_steps", e.max_steps, "an integer >= 1")
     for split, n in e.variations.items():
         _check(split in SPLITS, f"env.variations.{split}", n, f"keys must be among {SPLITS}")
-        _check(n >= 1, f"env.variations.{split}", n, "an integer >= 1")
+        if n is None:
+            _check(e.name == "scienceworld", f"env.variations.{split}", n,
+                   f"a number for env.name={e.name!r} (its games are made from seeds; null = all a task has, ScienceWorld only)")  # fmt: skip
+        else:
+            _check(n >= 1, f"env.variations.{split}", n, "an integer >= 1 (a cap per task), or null for all a task has")
     _check(e.split in e.variations, "env.variations", dict(e.variations), f"must give a count for env.split={e.split!r}")
     _check(not e.step_caps or e.name == "scienceworld", "env.step_caps", dict(e.step_caps), "empty unless env.name=scienceworld")
     for task, cap in e.step_caps.items():
@@ -305,9 +319,8 @@ def validate(cfg: DictConfig | Config) -> Config:
     _check(w.max_observation_chars >= 16, "reward.max_observation_chars", w.max_observation_chars, "an integer >= 16")
     if w.step_question is not None:
         _check("{step}" in w.step_question, "reward.step_question", w.step_question, "a question containing {step} (and optionally {action})")
-    if w.mode == "mise" and w.calibration_weight > 0:
-        # The evaluator's answer log-probs are read at temperature 1; the learner recomputes at the rollout's.
-        _check(r.temperature == 1.0, "rollout.temperature", r.temperature, "1.0 when reward.mode=mise trains the evaluator (reward.calibration_weight > 0)")
+    if job == "train":
+        _check_training(cfg)
     _check(cfg.episodes >= 1, "episodes", cfg.episodes, "an integer >= 1")
     _check(cfg.eval_groups >= 0, "eval_groups", cfg.eval_groups, "an integer >= 0")
     if cfg.eval_groups:
@@ -327,6 +340,25 @@ def validate(cfg: DictConfig | Config) -> Config:
     if cfg.ray.num_cpus is not None:
         _check(cfg.ray.num_cpus >= 1, "ray.num_cpus", cfg.ray.num_cpus, "an integer >= 1 or null")
     return cfg
+
+
+def _check_training(cfg: Config) -> None:
+    """Rules a config must satisfy to train; rollout and evaluation jobs may sample greedily or with top-p."""
+    r, l, w = cfg.rollout, cfg.learner, cfg.reward
+    _check(r.temperature > 0, "rollout.temperature", r.temperature, "a number > 0 for training (it samples its actions; 0 = greedy is for launch.rollout/evaluate)")
+    # Both engines report the log-prob of a sampled token after top-p has renormalised the kept tokens;
+    # the learner recomputes it over the whole vocabulary, so every importance ratio would be biased.
+    _check(r.top_p == 1.0, "rollout.top_p", r.top_p,
+           "1.0 for training: the engines return log-probs after top-p truncation, the learner recomputes them "
+           "without it, so the importance ratios would be biased from the first step (top-p is fine in launch.rollout/evaluate)")  # fmt: skip
+    if cfg.mode == "async":
+        # Batch s+1 is generated while the learner trains on batch s, i.e. before version s+1 exists.
+        _check(l.staleness >= 1, "learner.staleness", l.staleness,
+               "an integer >= 1 when mode=async (the next batch is generated on the version before the publish; with 0 every batch would be dropped as stale)")  # fmt: skip
+    if w.mode == "mise" and w.calibration_weight > 0 and w.evaluator == "policy":
+        # The evaluator's answer log-probs are read at temperature 1; the learner recomputes at the rollout's.
+        _check(r.temperature == 1.0, "rollout.temperature", r.temperature,
+               "1.0 when reward.mode=mise trains the evaluator (reward.calibration_weight > 0, reward.evaluator=policy)")  # fmt: skip
 
 
 def _is_core_list(text: str) -> bool:

@@ -9,7 +9,7 @@ from envs.base import EnvError, TextEnv
 
 
 def make_env(cfg) -> TextEnv:
-    """Build one environment instance from an ``EnvConfig``."""
+    """Build one environment instance from an ``EnvConfig`` (``variation_counts`` has checked it)."""
     if cfg.name == "corridor":
         from envs.corridor import CorridorEnv, corridor_length
 
@@ -22,17 +22,42 @@ def make_env(cfg) -> TextEnv:
     if cfg.name == "scienceworld":
         from envs.scienceworld import ScienceWorldEnv
 
-        env = ScienceWorldEnv(
+        return ScienceWorldEnv(
             list(cfg.tasks), cfg.simplification, cfg.max_steps, dict(cfg.step_caps), cfg.jvm_heap_mb, list(cfg.jvm_options)
         )
-        # Episode specs draw variations 0..env.variations[split]-1 for every task; each task must have that many.
-        for split, count in cfg.variations.items():
-            for task in cfg.tasks:
-                if count > env.num_variations(task, split):
-                    env.close()
-                    raise EnvError(
-                        f"env.variations.{split}={count} but ScienceWorld task {task!r} has only "
-                        f"{env.num_variations(task, split)} {split} variations; use at most that many"
-                    )
-        return env
     raise EnvError(f"env.name={cfg.name!r} is not a known environment; valid: corridor, textworld, scienceworld")
+
+
+def variation_counts(cfg, splits) -> dict[str, dict[str, int]]:
+    """How many variations each task of ``cfg.tasks`` offers in each of ``splits``: all it has, or
+    ``cfg.variations[split]`` if that is a number (a cap per task, so it need not fit the smallest task).
+
+    Builds one env instance in the calling process (for ScienceWorld one JVM, a few seconds, once per
+    config), so every limit an env knows (task names, simplifications, counts) is checked here, in the
+    driver, before any actor starts, and only for the splits the job plays."""
+    splits = tuple(sorted(set(splits)))
+    missing = [split for split in splits if split not in cfg.variations]
+    if missing:
+        raise EnvError(f"env.variations has no entry for split(s) {missing}: give a count (or null for all) per split played")
+    key = (cfg.name, tuple(cfg.tasks), tuple((s, cfg.variations[s]) for s in splits), cfg.simplification, str(cfg.cache_dir))
+    if key not in _COUNTS:
+        _COUNTS[key] = _count_variations(cfg, splits)
+    return _COUNTS[key]
+
+
+_COUNTS: dict[tuple, dict[str, dict[str, int]]] = {}
+
+
+def _count_variations(cfg, splits: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    tasks, caps = list(cfg.tasks), [(split, cfg.variations[split]) for split in splits]
+    env = make_env(cfg)
+    try:
+        counts = {}
+        for split, cap in caps:
+            counts[split] = {task: env.num_variations(task, split) if cap is None else min(cap, env.num_variations(task, split)) for task in tasks}
+            empty = [task for task, n in counts[split].items() if n == 0]
+            if empty:
+                raise EnvError(f"{cfg.name} task(s) {empty} have no variations in split {split!r}")
+        return counts
+    finally:
+        env.close()

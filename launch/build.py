@@ -15,7 +15,7 @@ from actors.prompting import PromptSettings
 from actors.rollout import EpisodeSpec, RolloutActor
 from conf.schema import Config, ConfigError, validate
 from core.paths import default_cache_dir
-from envs import make_env
+from envs import make_env, variation_counts
 
 ACTOR_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
 
@@ -148,11 +148,11 @@ def episode_specs(cfg: Config, num_groups: int, split: str, seed: int, uid_prefi
     """``num_groups`` random (task, variation) pairs of ``split``, each repeated ``group_size`` times.
     Each spec gets a uid (``<prefix>-<index>``) and its own sampling seed drawn from ``seed``."""
     rng = random.Random(seed)
-    count = cfg.env.variations[split]
+    counts = variation_counts(cfg.env, [split])[split]  # checked in this process, before any actor
     specs = []
     for g in range(num_groups):
         task = cfg.env.tasks[g % len(cfg.env.tasks)]
-        variation = rng.randrange(count)
+        variation = rng.randrange(counts[task])
         for _ in range(cfg.group_size):
             specs.append(EpisodeSpec(task, variation, split, uid=f"{uid_prefix}-{len(specs):05d}", seed=rng.randrange(2**31)))
     return specs
@@ -203,6 +203,26 @@ def make_rollout_actors(cfg: Config, model_dir: str, bundles: Callable[[int], di
     return actors
 
 
+def wait_until_ready(actors: list) -> None:
+    """Wait until every actor is built; an actor whose constructor failed on bad input (the same on
+    every retry) stops the job here with its error, once, before anything is played."""
+    from actors.rollout import ActorSetupError
+
+    try:
+        ray.get([a.ready.remote() for a in actors])
+    except ActorSetupError as error:  # Ray's task error is an instance of the actor's exception class
+        for actor in actors:
+            ray.kill(actor)
+        raise ActorSetupError(str(getattr(error, "cause", None) or error)) from None
+
+
+def close_actors(actors: list) -> None:
+    """Close the actors' envs and engines, then end them."""
+    ray.get([a.close.remote() for a in actors])
+    for actor in actors:
+        ray.kill(actor)
+
+
 def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = unplaced) -> list:
     """The reward pool's evaluator actors (none in ``env`` mode), each with an engine of the rollout's kind."""
     from reward.evaluator import EvaluatorActor
@@ -246,11 +266,12 @@ class _EnvFactory:
         return env
 
 
-def begin_run(dict_cfg) -> tuple[Config, Path]:
-    """Validate the Hydra config (before anything starts), make the run dir, snapshot the config there."""
+def begin_run(dict_cfg, job: str) -> tuple[Config, Path]:
+    """Validate the Hydra config for ``job`` (before anything starts), make the run dir, snapshot the
+    config there."""
     from omegaconf import OmegaConf
 
-    cfg = validate(dict_cfg)
+    cfg = validate(dict_cfg, job)
     if cfg.resume:
         path = Path(cfg.resume)  # a resumed run goes on in its own run dir
         if (path / "config.yaml").exists():

@@ -24,14 +24,17 @@ from omegaconf import DictConfig
 
 from actors.rollout import EpisodeSpec
 from conf.schema import Config, register
-from core.adapter import AdapterWeights
+from core.adapter import AdapterWeights, Published
 from core.episode import Episode
+from envs import variation_counts
 from launch.build import (
     begin_run,
+    close_actors,
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
     start_ray,
+    wait_until_ready,
 )
 from launch.rollout import play
 
@@ -39,11 +42,10 @@ register()
 
 
 def evaluation_specs(cfg: Config) -> list[EpisodeSpec]:
-    k = cfg.evaluate.episodes_per_task
-    available = cfg.env.variations.get(cfg.evaluate.split)
-    if available is not None and k > available:
-        raise ValueError(f"evaluate.episodes_per_task={k} exceeds the {available} variations of split {cfg.evaluate.split!r} (env.variations)")
-    return [EpisodeSpec(task, v, cfg.evaluate.split, uid=f"{task}-{v}") for task in cfg.env.tasks for v in range(k)]
+    """Variations 0..K-1 of the split for every task; a task with fewer variations plays all it has."""
+    k, split = cfg.evaluate.episodes_per_task, cfg.evaluate.split
+    counts = variation_counts(cfg.env, [split])[split]  # checks the env's limits here, for this split only
+    return [EpisodeSpec(task, v, split, uid=f"{task}-{v}") for task in cfg.env.tasks for v in range(min(k, counts[task]))]
 
 
 def results(episodes: list[Episode], tasks: list[str]) -> dict:
@@ -73,7 +75,7 @@ def markdown(table: dict) -> str:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg, run_dir = begin_run(dict_cfg)
+    cfg, run_dir = begin_run(dict_cfg, "evaluate")
     start = time.perf_counter()
     adapter = AdapterWeights.load(cfg.evaluate.adapter) if cfg.evaluate.adapter else None  # fail before any actor starts
     if cfg.evaluate.greedy:
@@ -83,22 +85,25 @@ def main(dict_cfg: DictConfig) -> dict:
     prepare_env_assets(cfg, specs)
     start_ray(cfg)
     actors = make_rollout_actors(cfg, model_dir)
-    if adapter is not None:
-        ref = ray.put(adapter)
-        ray.get([a.load_adapter.remote(ref) for a in actors])
+    wait_until_ready(actors)
+    # As in training: every stream call carries the version, so an actor Ray restarts mid-evaluation
+    # loads the adapter again before it plays (actors.rollout.RolloutWorker.catch_up).
+    published = Published(adapter.version, [ray.put(adapter)]) if adapter is not None else None
     with open(run_dir / "episodes.jsonl", "w") as out:
-        episodes, _, _ = play(cfg, actors, specs, out)
-    ray.get([a.close.remote() for a in actors])
+        episodes, ledger, _ = play(cfg, actors, specs, out, published)
+    ledger.dropped["evaluation"] += sum(e.status == "finished" for e in episodes)  # played, never trained on
+    ledger.check(expect_idle=True)
+    close_actors(actors)
     table = results(episodes, list(cfg.env.tasks))
     table.update(
-        model=model_dir, adapter=cfg.evaluate.adapter, env=cfg.env.name, split=cfg.evaluate.split,
-        greedy=cfg.evaluate.greedy, wall_s=time.perf_counter() - start,
+        model=model_dir, adapter=cfg.evaluate.adapter, version=published.version if published else 0, env=cfg.env.name,
+        split=cfg.evaluate.split, greedy=cfg.evaluate.greedy, wall_s=time.perf_counter() - start, ledger=ledger.as_dict(),
     )  # fmt: skip
     (run_dir / "evaluation.json").write_text(json.dumps(table, indent=2))
     text = markdown(table)
     (run_dir / "evaluation.md").write_text(text)
     print(f"\n{cfg.env.name} {cfg.evaluate.split}, {'adapter ' + cfg.evaluate.adapter if adapter else 'base model'}, "
-          f"{'greedy' if cfg.evaluate.greedy else 'sampled'}\n{text}wall {table['wall_s']:.0f} s; run dir {run_dir}")  # fmt: skip
+          f"{'greedy' if cfg.evaluate.greedy else 'sampled'}\n{text}ledger {table['ledger']}\nwall {table['wall_s']:.0f} s; run dir {run_dir}")  # fmt: skip
     return table
 
 

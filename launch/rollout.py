@@ -22,32 +22,36 @@ from tqdm import tqdm
 from actors.dispatch import RolloutDispatch
 from actors.rollout import ThroughputStats
 from conf.schema import register
+from core.adapter import Published
 from core.episode import Episode
 from core.ledger import EpisodeLedger
 from launch.build import (
     begin_run,
+    close_actors,
     episode_specs,
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
     start_ray,
+    wait_until_ready,
 )
 
 register()
 
 
-def play(cfg, actors: list, specs: list, out_file) -> tuple[list[Episode], EpisodeLedger, float]:
-    """Play the specs through the actors (a dead actor's specs are issued again); write each final
-    episode as it arrives. Returns (episodes, ledger, wall s)."""
+def play(cfg, actors: list, specs: list, out_file, adapter: Published | None = None) -> tuple[list[Episode], EpisodeLedger, float]:
+    """Play the specs through the actors (a dead actor's specs are issued again, and a restarted actor
+    loads ``adapter`` first); write each final episode as it arrives. Returns (episodes, ledger, wall s)."""
     queue = Queue(maxsize=4 * len(actors) * cfg.rollout.envs_per_actor)
     ledger = EpisodeLedger()
     dispatch = RolloutDispatch(actors, queue, cfg.rollout.restart_timeout_s)
     start = time.perf_counter()
     episodes: list[Episode] = []
     with tqdm(total=len(specs), desc="episodes", unit="ep") as bar:
-        for episode in dispatch.play(specs, ledger):
+        for episode in dispatch.play(specs, ledger, adapter):
             episodes.append(episode)
             out_file.write(episode.to_json() + "\n")
+            out_file.flush()  # a run that dies keeps every episode it played
             wins = sum(e.success for e in episodes)
             bar.set_postfix(success=f"{wins / len(episodes):.2f}", failed=sum(e.status == "failed" for e in episodes))
             bar.update()
@@ -83,12 +87,13 @@ def summarize(episodes: list[Episode], ledger: EpisodeLedger, reports: list[dict
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg, run_dir = begin_run(dict_cfg)
+    cfg, run_dir = begin_run(dict_cfg, "rollout")
     model_dir = resolve_model_dir(cfg)
     specs = episode_specs(cfg, cfg.episodes // cfg.group_size, cfg.env.split, cfg.seed, uid_prefix="rollout")
     prepare_env_assets(cfg, specs)
     start_ray(cfg)
     actors = make_rollout_actors(cfg, model_dir)
+    wait_until_ready(actors)
     with open(run_dir / "episodes.jsonl", "w") as out:
         episodes, ledger, wall_s = play(cfg, actors, specs, out)
     ledger.check(expect_idle=False)
@@ -105,7 +110,7 @@ def main(dict_cfg: DictConfig) -> dict:
         f"mean batch {summary['mean_batch_size']:.1f}  wall {wall_s:.1f} s\n"
         f"ledger {ledger}\nrun dir {run_dir}"
     )
-    ray.get([a.close.remote() for a in actors])
+    close_actors(actors)
     return summary
 
 

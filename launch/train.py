@@ -30,7 +30,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from actors.dispatch import RolloutDispatch
-from conf.schema import Config, ConfigError, register
+from conf.schema import Config, register, validate
 from core.adapter import CheckpointError, Published
 from core.ledger import EpisodeLedger
 from launch.build import (
@@ -45,6 +45,7 @@ from launch.build import (
     start_ray,
     step_specs,
     unplaced,
+    wait_until_ready,
 )
 from launch.tracking import RunLogger, WandbSettings
 from learner.learner import Learner
@@ -71,6 +72,23 @@ class RewardStageDied(RunStopped):
     who = "the reward stage"
 
 
+class NothingTrained(RunStopped):
+    """A learner step's whole batch was dropped (stale): going on would train on nothing, silently."""
+
+    who = "the learner"
+
+
+def check_trained(cfg: Config, metrics: dict) -> None:
+    """Stop the run when a learner step trained on none of its episodes."""
+    if metrics["episodes"] and not metrics["trained_episodes"]:
+        raise NothingTrained(
+            f"learner step {metrics['learner_step']} trained on none of its {metrics['episodes']} episodes: "
+            f"{metrics['dropped_stale']} were dropped as stale (learner at policy version {metrics['policy_version']}, "
+            f"learner.staleness={cfg.learner.staleness}, mode={cfg.mode}); in mode=async the next batch is generated "
+            "before the publish, so it needs learner.staleness >= 1"
+        )
+
+
 def rendezvous_store():
     """The store the learner ranks meet at, hosted by the driver as torchrun's agent hosts it.
 
@@ -82,17 +100,24 @@ def rendezvous_store():
     return TCPStore("0.0.0.0", 0, None, is_master=True, wait_for_workers=False)
 
 
-def make_learners(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = unplaced) -> tuple[list, object]:
+def learner_dtype(cfg: Config) -> str:
+    """The dtype of the learner's frozen base weights: ``model.dtype`` on GPUs; float32 on CPU, where the
+    learner's speed (about 250 tokens/s for SmolLM2 on 2 cores) and the README's times were measured so
+    (bf16 weights on CPU are not measured yet). LoRA weights and AdamW state are float32 either way."""
+    return cfg.model.dtype if cfg.learner.num_gpus_per_rank else "float32"
+
+
+def make_learners(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = unplaced, dtype: str | None = None) -> tuple[list, object]:
     """One Ray actor per rank, and their rendezvous store, which the caller keeps while the ranks live.
     The driver sets the rank variables torch.distributed reads; the ranks share one node
-    (``launch.build.Placement`` packs them)."""
+    (``launch.build.Placement`` packs them). ``dtype`` overrides ``learner_dtype``."""
     store, host = rendezvous_store(), ray.util.get_node_ip_address()
     world = cfg.learner.num_ranks
     ranks = []
     for rank in range(world):
         env = {"MASTER_ADDR": host, "MASTER_PORT": str(store.port), "RANK": str(rank), "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank), "WORLD_SIZE": str(world)}
         options = dict(num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, runtime_env={"env_vars": env})
-        ranks.append(LearnerActor.options(**options, **bundles(rank)).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed))
+        ranks.append(LearnerActor.options(**options, **bundles(rank)).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed, dtype or learner_dtype(cfg)))
     return ranks, store
 
 
@@ -140,6 +165,7 @@ class Pipeline:
         for key in ("episodes", "successes", "trained_episodes", "env_steps", "dropped_stale", "samples", "action_tokens", "train_tokens"):
             merged[key] = sum(r[key] for r in results)
         merged["train_s"] = max(r["train_s"] for r in results)
+        merged["episode_staleness_max"] = max(r["episode_staleness_max"] for r in results)
         merged["success_rate"] = merged["successes"] / max(merged["episodes"], 1)
         self.ledger.trained += merged["trained_episodes"]
         self.ledger.dropped["stale"] += merged["dropped_stale"]
@@ -247,22 +273,22 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
-    if cfg.rollout.temperature <= 0:
-        raise ConfigError(f"config rollout.temperature={cfg.rollout.temperature!r} is invalid: training samples, so it must be > 0")
+    validate(cfg, "train")  # begin_run has; a caller that builds its own Config gets the same checks
     resume_from = None
     if cfg.resume:
         resume_from = last_checkpoint(Path(cfg.resume))
         if resume_from is None:
             raise CheckpointError(f"config resume={cfg.resume!r}: no complete checkpoint under {Path(cfg.resume) / 'checkpoints'}")
     model_dir = resolve_model_dir(cfg)
-    prepare_env_assets(cfg, step_specs(cfg, 0))  # a bad task fails here, before any actor starts
+    # The env's limits (tasks, variation counts of the splits played) fail here, before any actor starts.
+    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval") if cfg.eval_groups else []
+    prepare_env_assets(cfg, step_specs(cfg, 0) + eval_specs)
     start_ray(cfg)
     check_resources(cfg)
-    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval") if cfg.eval_groups else []
-    prepare_env_assets(cfg, eval_specs)
     wall_start = time.perf_counter()
     pipeline = Pipeline(cfg, model_dir)
     try:
+        wait_until_ready(pipeline.actors)  # bad input stops the run here, once
         return train_loop(cfg, run_dir, pipeline, eval_specs, wall_start, resume_from)
     except RunStopped as error:
         last = last_checkpoint(run_dir)
@@ -311,6 +337,7 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
             pending = pipeline.generate(step + 1)  # generated while the learner trains
         t0 = time.perf_counter()
         metrics = pipeline.train(queued)
+        check_trained(cfg, metrics)
         metrics.update(reward_metrics)
         time_split["train"] += time.perf_counter() - t0
         if (step + 1) % cfg.learner.publish_every == 0:
@@ -385,7 +412,7 @@ def _format_reward(metrics: dict) -> str:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg, run_dir = begin_run(dict_cfg)
+    cfg, run_dir = begin_run(dict_cfg, "train")
     summary = run(cfg, run_dir, resume_command(run_dir))
     latencies = summary["publish_to_first_token_s"]
     print(

@@ -53,8 +53,13 @@ def episode_version(episode: Episode) -> int:
 
 
 class Learner:
-    def __init__(self, cfg: LearnerConfig, model_dir: str, temperature: float = 1.0, seed: int = 0) -> None:
-        """``temperature`` is the rollout's sampling temperature: log-probs are computed under it."""
+    def __init__(self, cfg: LearnerConfig, model_dir: str, temperature: float = 1.0, seed: int = 0, dtype: str = "float32") -> None:
+        """``temperature`` is the rollout's sampling temperature: log-probs are computed under it.
+
+        ``dtype`` (``model.dtype``) is the dtype of the frozen base weights: bfloat16 halves their
+        memory (a 7B base: 14 GB instead of 28 GB per rank). The LoRA weights, their gradients and the
+        AdamW state stay float32 whatever it is (PEFT upcasts the adapter of a half-precision base), as
+        mixed-precision LoRA training does; ``learner.bf16_autocast`` runs the matmuls in bfloat16."""
         import deepspeed
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, GenerationConfig
@@ -71,15 +76,17 @@ class Learner:
             torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         seed_everything(seed)
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
         eos = GenerationConfig.from_model_config(model.config).eos_token_id
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
         lora = LoraConfig(
             r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
         )  # fmt: skip
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora, autocast_adapter_dtype=True)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:  # PEFT upcasts bf16/fp16 adapters; make it explicit and hold it for every dtype
+            p.data = p.data.float()
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ds_config = {
             # Micro-batches vary in number (token budget); train_step marks the accumulation boundary.
@@ -144,6 +151,7 @@ class Learner:
             "trained_episodes": len(fresh),
             "env_steps": sum(len(e.steps) for e in episodes),
             "dropped_stale": stale,
+            "episode_staleness_max": max((self.version - episode_version(e) for e in episodes), default=0),  # versions behind the learner
             "samples": len(samples),
             "micro_batches": len(bins),
             "action_tokens": action_tokens,
@@ -255,6 +263,13 @@ class Learner:
         self.dropped_stale, self.trained_episodes = state["dropped_stale"], state["trained_episodes"]
         set_rng_state(torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=False))
         return state
+
+    def dtypes(self) -> dict[str, list[str]]:
+        """The dtypes the rank holds: frozen base weights, LoRA weights and the optimizer's state."""
+        params = list(self.engine.module.parameters())
+        state = [t for s in self.engine.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+        names = lambda tensors: sorted({str(t.dtype).removeprefix("torch.") for t in tensors})  # noqa: E731
+        return {"base": names(p for p in params if not p.requires_grad), "lora": names(p for p in params if p.requires_grad), "optimizer_state": names(state)}
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         with self._gathered():

@@ -81,6 +81,43 @@ def test_reward_presets_and_the_cross_field_rules():
         load("model=tiny_corridor")  # warm-started on corridor prompts, not TextWorld
 
 
+def load_for(job: str, *overrides: str) -> Config:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return validate(compose("config", overrides=list(overrides)), job)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # Both engines report log-probs after top-p truncation; the learner recomputes without it.
+        (["rollout.top_p=0.9"], "rollout.top_p=0.9 is invalid: 1.0 for training: the engines return log-probs after top-p"),
+        (["rollout.temperature=0"], "rollout.temperature=0.0 is invalid: a number > 0 for training"),
+        # Batch s+1 is generated before the publish: with staleness 0 every batch from step 1 on is dropped.
+        (["mode=async", "learner.staleness=0"], "learner.staleness=0 is invalid: an integer >= 1 when mode=async"),
+    ],
+)
+def test_rules_that_only_training_needs_are_in_validate_and_only_for_training(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_for("train", *overrides)
+    assert message in str(err.value)
+    for job in ("rollout", "evaluate"):  # sampling greedily or with top-p is fine when nothing trains
+        if "mode=async" not in overrides:
+            load_for(job, *overrides)
+
+
+def test_a_frozen_evaluator_does_not_tie_the_rollout_temperature():
+    load_for("train", "reward=mise", "reward.evaluator=base", "rollout.temperature=0.7")  # its answers are never trained
+    with pytest.raises(ConfigError, match="rollout.temperature=0.7"):
+        load_for("train", "reward=mise", "rollout.temperature=0.7")
+
+
+def test_null_variations_mean_all_a_task_has_and_only_scienceworld_has_a_fixed_count():
+    cfg = load("env=scienceworld")
+    assert cfg.env.variations == {"train": None, "valid": None, "test": None}
+    with pytest.raises(ConfigError, match=r"env.variations.valid=None is invalid: a number for env.name='textworld'"):
+        load("env.variations.valid=null")
+
+
 def test_experiment_presets_compose():
     cfg = load("experiment=corridor_ablation", "reward=mise")
     assert cfg.env.name == "corridor" and cfg.model.builtin == "tiny-corridor" and cfg.engine.kind == "hf"

@@ -15,6 +15,7 @@ from actors.prompting import PromptSettings
 from actors.rollout import EpisodeSpec, RolloutActor
 from core.adapter import Published
 from core.ledger import EpisodeLedger
+from envs.base import EnvError
 from envs.corridor import CorridorEnv
 from tests.helpers import random_adapter
 
@@ -115,3 +116,38 @@ def test_specs_of_an_actor_without_restarts_go_to_the_others_and_an_empty_pool_i
     with pytest.raises(RolloutPoolDead, match="every rollout actor has died"):
         list(dispatch.play(specs(8), ledger))
     killer.join()
+
+
+class MisconfiguredEnv:
+    """Injected fault: an env factory whose construction fails on bad input, the same on every retry;
+    each attempt leaves a line in ``log`` (the actors run in their own processes)."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+
+    def __call__(self):
+        with open(self.log, "a") as f:
+            f.write("built\n")
+        raise EnvError("corridor task 'corridor-0' is not a corridor: valid corridor-N with N >= 1")
+
+
+def test_a_bad_input_in_an_actor_constructor_is_reported_once_without_restarts(ray_local, tiny_model_dir, tmp_path):
+    """Before, Ray restarted the actor into the same error max_restarts times and the job died as
+    RolloutPoolDead, its cause buried in a traceback chain."""
+    from actors.rollout import ActorSetupError
+    from launch.build import wait_until_ready
+
+    log = tmp_path / "constructions"
+    factory = MisconfiguredEnv(str(log))
+    doomed = [
+        RolloutActor.options(num_cpus=0, max_restarts=3).remote(i, HFTiny(tiny_model_dir), factory, tiny_model_dir, 2, Sampling(max_tokens=8), PROMPT, 2048)
+        for i in range(2)
+    ]
+    with pytest.raises(ActorSetupError) as error:
+        wait_until_ready(doomed)
+    message = str(error.value)
+    assert message.startswith(("rollout actor 0 could not start: EnvError: corridor task 'corridor-0' is not a corridor",
+                               "rollout actor 1 could not start: EnvError: corridor task 'corridor-0' is not a corridor")), message  # fmt: skip
+    assert "Traceback" not in message
+    time.sleep(2)  # a restart, if any, would build again meanwhile
+    assert 1 <= log.read_text().count("built") <= 2  # at most once per actor: no restarts

@@ -56,26 +56,48 @@ def test_embedded_model_is_checked_by_sha256(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_entry_point_loads_a_saved_adapter_and_writes_the_table(tiny_model_dir, tmp_path):
-    from tests.helpers import random_adapter
+def test_evaluate_entry_point_plays_the_adapter_even_after_an_actor_restart(tiny_model_dir, tmp_path):
+    """The actor is killed (SIGKILL) mid-evaluation; Ray restarts it with the base model only. Before,
+    the adapter was pushed once, so the restarted actor played on with the base model."""
+    import signal
+    import time
+
+    from tests.helpers import actor_processes, random_adapter
 
     adapter_dir = random_adapter(tiny_model_dir, version=1, seed=3).save(tmp_path / "checkpoint" / "adapter")
     run_dir = tmp_path / "eval"
     command = [
         sys.executable, "-m", "launch.evaluate", "env=corridor", "env.tasks=[corridor-1,corridor-2]", "engine=hf",
-        f"model.path={tiny_model_dir}", "model.dtype=float32", "rollout.num_actors=1", "rollout.max_tokens=8",
-        f"evaluate.adapter={adapter_dir}", "evaluate.split=test", "evaluate.episodes_per_task=3",
+        f"model.path={tiny_model_dir}", "model.dtype=float32", "rollout.num_actors=1", "rollout.envs_per_actor=1",
+        "rollout.max_tokens=8", f"evaluate.adapter={adapter_dir}", "evaluate.split=test", "evaluate.episodes_per_task=12",
         f"run_dir={run_dir}", "ray.num_cpus=2",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    started = time.time() - 1
+    driver = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        played = run_dir / "episodes.jsonl"
+        while not (played.exists() and len(played.read_text().splitlines()) >= 2):
+            assert driver.poll() is None and time.monotonic() < deadline, "the evaluation ended before the kill"
+            time.sleep(0.05)
+        (victim,) = actor_processes("RolloutWorker", started)
+        os.kill(victim.pid, signal.SIGKILL)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output[-3000:]
     table = json.loads((run_dir / "evaluation.json").read_text())
-    assert set(table["tasks"]) == {"corridor-1", "corridor-2"} and table["overall"]["episodes"] == 6
-    assert table["adapter"] == str(adapter_dir) and table["greedy"] and table["split"] == "test"
+    assert set(table["tasks"]) == {"corridor-1", "corridor-2"} and table["overall"]["episodes"] == 24
+    assert table["adapter"] == str(adapter_dir) and table["greedy"] and table["split"] == "test" and table["version"] == 1
     episodes = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
-    assert sorted((e["task"], e["variation"]) for e in episodes) == [(t, v) for t in ("corridor-1", "corridor-2") for v in range(3)]
-    assert all(s["policy_version"] == 1 for e in episodes for s in e["steps"])  # played by the adapter
-    assert "| **overall** | 6 |" in result.stdout
+    assert sorted((e["task"], e["variation"]) for e in episodes) == [(t, v) for t in ("corridor-1", "corridor-2") for v in range(12)]
+    assert all(s["policy_version"] == 1 for e in episodes for s in e["steps"])  # the adapter, before and after the restart
+    ledger = table["ledger"]  # the killed actor's owed episodes were written off and played again
+    assert ledger["failed"].get("rollout_actor_died", 0) >= 1 and ledger["retried"] == sum(ledger["failed"].values())
+    assert ledger["started"] == ledger["finished"] + sum(ledger["failed"].values()) and ledger["in_flight"] == 0
+    assert ledger["dropped"] == {"evaluation": ledger["finished"]} and ledger["finished"] == 24
+    assert "| **overall** | 24 |" in output and "ledger" in output
 
 
 def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path):

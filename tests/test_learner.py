@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,6 +122,31 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
     assert metrics["dropped_stale"] == len(first_batch) and metrics["trained_episodes"] == 0
     for handle in (learner, actor):
         ray_local.kill(handle)
+
+
+def test_the_learner_can_hold_the_base_in_bf16_with_lora_and_adam_in_float32(ray_local, warm_model_dir):
+    """model.dtype=bfloat16 (the default) used to be ignored: the base was loaded in float32 everywhere
+    (28 GB per rank at 7B). The trained parts stay float32, as mixed-precision LoRA training keeps them."""
+    import dataclasses
+
+    from ray.util.queue import Queue
+
+    from launch.train import make_learners
+
+    from launch.train import learner_dtype
+
+    cfg = learner_config(warm_model_dir)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"), learner=dataclasses.replace(cfg.learner, bf16_autocast=True))
+    assert learner_dtype(cfg) == "float32"  # on CPU (see learner_dtype); a GPU rank takes model.dtype
+    assert learner_dtype(dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, num_gpus_per_rank=1))) == "bfloat16"
+    (learner,), rendezvous = make_learners(cfg, warm_model_dir, dtype="bfloat16")  # the GPU path's dtypes, here on CPU
+    queue = Queue()
+    for episode in play(warm_model_dir, 4):
+        queue.put(episode)
+    metrics = ray_local.get(learner.train_from_queue.remote(queue, 4))
+    assert metrics["trained_episodes"] == 4 and np.isfinite(metrics["loss"])
+    assert ray_local.get(learner.dtypes.remote()) == {"base": ["bfloat16"], "lora": ["float32"], "optimizer_state": ["float32"]}
+    ray_local.kill(learner)
 
 
 def test_the_rendezvous_port_is_listening_before_any_rank_starts():

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conf.schema import ConfigError, register, validate
-from envs import make_env
+from envs import make_env, variation_counts
 from envs.base import EnvError
 from envs.scienceworld import ScienceWorldEnv
 from tests.helpers import final, ledger_of
@@ -178,7 +178,7 @@ def test_another_scienceworld_release_is_refused_at_import():
     assert "scienceworld==1.2.4 is installed but mise-rl pins scienceworld==1.2.3" in result.stderr
 
 
-def test_config_group_builds_the_env_and_checks_variation_counts():
+def test_config_group_builds_the_env_the_actors_build():
     from launch.build import _EnvFactory
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -195,9 +195,34 @@ def test_config_group_builds_the_env_and_checks_variation_counts():
         assert env.max_steps == cfg.env.step_caps["find-non-living-thing"]
     finally:
         env.close()
-    cfg.env.variations["valid"] = 76
-    with pytest.raises(EnvError, match=r"env.variations.valid=76 but ScienceWorld task 'find-living-thing' has only 75"):
-        make_env(cfg.env)
+
+
+def test_variation_counts_are_per_task_checked_in_the_driver_for_the_splits_played():
+    """The user's case: tasks with different counts, evaluating the test split. Before, every actor's
+    env checked every split's count against every task and the run died as RolloutPoolDead."""
+    from launch.build import episode_specs
+    from launch.evaluate import evaluation_specs
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        overrides = ["env=scienceworld", "env.tasks=[melt,identify-life-stages-1,chemistry-mix]", "evaluate.split=test", "evaluate.episodes_per_task=5"]
+        cfg = validate(compose("config", overrides=overrides), "evaluate")
+    counts = variation_counts(cfg.env, ["test", "valid"])
+    sizes = {task: ScienceWorldEnv([task]) for task in cfg.env.tasks}
+    try:
+        for split in ("test", "valid"):  # null = all each task has
+            assert counts[split] == {task: env.num_variations(task, split) for task, env in sizes.items()}
+    finally:
+        for env in sizes.values():
+            env.close()
+    assert counts["valid"]["identify-life-stages-1"] < 5  # 3: a count of 5 need not fit the smallest task
+    specs = evaluation_specs(cfg)
+    assert len(specs) == sum(min(5, n) for n in counts["test"].values())
+    cfg.env.variations["train"] = 150  # a cap above melt's 14 train variations caps it per task
+    assert variation_counts(cfg.env, ["train"])["train"]["melt"] == 14
+    assert {s.variation for s in episode_specs(cfg, 300, "train", seed=0, uid_prefix="x") if s.task == "melt"} <= set(range(14))
+    cfg.env.tasks = ["melt", "no-such-task"]
+    with pytest.raises(EnvError, match="no-such-task"):  # in this process: no actor was started
+        variation_counts(cfg.env, ["test"])
 
 
 class JVMKilledMidEpisode(ScienceWorldEnv):
