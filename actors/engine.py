@@ -119,7 +119,13 @@ def check_batch(prompts: Sequence[Sequence[int]], versions: Sequence[int], *othe
 
 
 def make_engine(cfg, model_dir: str, dtype: str, max_versions: int, seed: int, cpu_threads: str | None) -> InferenceEngine:
-    """Build the engine an ``EngineConfig`` names (imports the backend only when it is used)."""
+    """Build the engine an ``EngineConfig`` names (imports the backend only when it is used). On a CPU
+    without native bfloat16, ``dtype`` falls back to float32 (core/precision.py)."""
+    import torch
+
+    from core.precision import compute_dtype
+
+    dtype = compute_dtype(dtype, on_gpu=torch.cuda.is_available())
     if cfg.kind == "vllm":
         from actors.vllm_engine import VLLMEngine
 

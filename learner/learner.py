@@ -21,7 +21,8 @@ from conf.schema import LearnerConfig
 from core.adapter import AdapterWeights, CheckpointError
 from core.episode import Episode
 from core.memory import release_freed_memory
-from learner.losses import LossConfig, policy_loss, token_logprobs
+from core.precision import compute_dtype
+from learner.losses import LossConfig, imitation_loss, policy_loss, token_logprobs
 from learner.samples import (
     Sample,
     collate,
@@ -123,22 +124,8 @@ class Learner:
         stale = len(episodes) - len(fresh)
         self.dropped_stale += stale
         samples, advantage_stats = self._samples(fresh)
-        bins = pack(samples, self.cfg.micro_batch_tokens)
-        # Every rank runs the same number of backward passes (gradients are reduced on the last one).
-        count = torch.tensor([len(bins)])
-        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
-        bins += [[] for _ in range(int(count) - len(bins))]
+        totals = self._optimizer_step(samples, objective="policy")
         action_tokens = sum(len(s.old_logprobs) for s in samples)
-        self.engine.train()
-        totals: dict[str, float] = {}
-        for i, micro in enumerate(bins):
-            self.engine.set_gradient_accumulation_boundary(i == len(bins) - 1)
-            stats = self._micro_step(micro, normaliser=max(action_tokens, 1))
-            weight = sum(len(s.old_logprobs) for s in micro) / max(action_tokens, 1)
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v * weight
-        if bins:  # no rank had a fresh sample: nothing to step
-            self.engine.step()
         self.step += 1
         self.trained_episodes += len(fresh)
         if self.cfg.trim_memory:
@@ -153,13 +140,37 @@ class Learner:
             "dropped_stale": stale,
             "episode_staleness_max": max((self.version - episode_version(e) for e in episodes), default=0),  # versions behind the learner
             "samples": len(samples),
-            "micro_batches": len(bins),
+            "micro_batches": int(totals.pop("micro_batches")),
             "action_tokens": action_tokens,
             "train_tokens": sum(s.num_tokens for s in samples),
             "train_s": time.perf_counter() - start,
             **advantage_stats,
             **totals,
         }
+
+    def imitate(self, demonstrations: list[Episode]) -> dict:
+        """One optimizer step of behaviour cloning: the NLL of the demonstrations' action tokens (the
+        warm start; ``actors.expert`` builds them through the rollout's prompt path). Every rank calls
+        it with its share."""
+        start = time.perf_counter()
+        samples = [Sample(s.prompt_ids + s.action_ids, len(s.prompt_ids), [0.0] * len(s.action_ids), 0.0, s.policy_version) for e in demonstrations for s in e.steps]
+        totals = self._optimizer_step(samples, objective="imitation")
+        self.step += 1
+        return {"learner_step": self.step, "demonstrations": len(demonstrations), "samples": len(samples), "train_s": time.perf_counter() - start, **totals}
+
+    def demonstration_nll(self, demonstrations: list[Episode]) -> float:
+        """Mean NLL per action token of the demonstrations under the current weights (no update)."""
+        samples = [Sample(s.prompt_ids + s.action_ids, len(s.prompt_ids), [0.0] * len(s.action_ids), 0.0, 0) for e in demonstrations for s in e.steps]
+        self.engine.eval()
+        total, tokens = 0.0, 0
+        autocast = self._autocast()
+        for micro in pack(samples, self.cfg.micro_batch_tokens):
+            batch = {k: v.to(self.device) for k, v in collate(micro, self.pad_id).items()}
+            with torch.no_grad(), autocast:
+                logprobs = self._forward_logprobs(batch)
+            total -= float((logprobs * batch["loss_mask"]).sum())
+            tokens += int(batch["loss_mask"].sum())
+        return total / max(tokens, 1)
 
     def _samples(self, episodes: list[Episode]) -> tuple[list[Sample], dict[str, float]]:
         """Advantages over every rank's episodes (only returns travel), samples for this rank's."""
@@ -175,6 +186,33 @@ class Learner:
         }
         return samples, stats
 
+    def _optimizer_step(self, samples: list[Sample], objective: str) -> dict[str, float]:
+        """One optimizer step over this rank's samples in token-budget micro-batches; returns the loss
+        statistics, weighted by action tokens, and ``micro_batches``."""
+        bins = pack(samples, self.cfg.micro_batch_tokens)
+        # Every rank runs the same number of backward passes (gradients are reduced on the last one).
+        count = torch.tensor([len(bins)])
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        bins += [[] for _ in range(int(count) - len(bins))]
+        action_tokens = sum(len(s.old_logprobs) for s in samples)
+        self.engine.train()
+        totals: dict[str, float] = {"micro_batches": float(len(bins))}
+        for i, micro in enumerate(bins):
+            self.engine.set_gradient_accumulation_boundary(i == len(bins) - 1)
+            stats = self._micro_step(micro, normaliser=max(action_tokens, 1), objective=objective)
+            weight = sum(len(s.old_logprobs) for s in micro) / max(action_tokens, 1)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v * weight
+        if bins:  # no rank had a sample: nothing to step
+            self.engine.step()
+        return totals
+
+    def _autocast(self):
+        """bfloat16 matmuls (``learner.bf16_autocast``) where the device runs them natively."""
+        if self.cfg.bf16_autocast and compute_dtype("bfloat16", on_gpu=self.device.type == "cuda") == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
     def _forward_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Log-probs of the target tokens; logits only for the last ``keep`` positions (the actions)."""
         keep = int(batch["keep"])
@@ -184,14 +222,21 @@ class Learner:
         ).logits  # fmt: skip
         return token_logprobs(logits[:, :-1], batch["targets"], self.temperature)
 
-    def _micro_step(self, micro: list[Sample], normaliser: float) -> dict[str, float]:
+    def _micro_step(self, micro: list[Sample], normaliser: float, objective: str = "policy") -> dict[str, float]:
         # An empty micro-batch still runs (with zero loss): every rank must take part in each backward.
         batch = collate(micro or [Sample([self.pad_id, self.pad_id], 1, [0.0], 0.0, 0)], self.pad_id)
         if not micro:
             batch["loss_mask"].zero_()
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.bf16_autocast else nullcontext()
+        autocast = self._autocast()
         ref = None
+        if objective == "imitation":
+            with autocast:
+                logprobs = self._forward_logprobs(batch)
+            loss, stats = imitation_loss(logprobs, batch["loss_mask"], normaliser)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            stats["loss"] = loss.item() * normaliser / max(float(batch["loss_mask"].sum()), 1.0)
+            return stats
         if self.loss_cfg.kl_coef > 0:
             with torch.no_grad(), autocast, self.engine.module.disable_adapter():
                 ref = self._forward_logprobs(batch)
@@ -248,6 +293,22 @@ class Learner:
             (directory / "learner_state.json").write_text(json.dumps(state))
         torch.save(rng_state(), directory / f"rng_rank{self.rank}.pt")
         return directory
+
+    def save_merged(self, merged_dir: str | Path, adapter_dir: str | Path, base_dir: str, dtype: str) -> Path:
+        """Write the adapter (PEFT) and the base with the adapter merged in, as a model directory in
+        ``dtype`` with the base's tokenizer and generation config; this learner is done afterwards
+        (the merge replaces its LoRA layers). One rank (ZeRO 0-2)."""
+        from transformers import AutoTokenizer, GenerationConfig
+
+        if self.cfg.zero_stage == 3 or self.world_size != 1:
+            raise RuntimeError("save_merged needs the whole model on one rank: one rank, ZeRO stage 0-2")
+        model = self.engine.module
+        model.save_pretrained(adapter_dir)
+        merged = model.merge_and_unload()
+        merged.to(getattr(torch, dtype)).save_pretrained(merged_dir)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(merged_dir)
+        GenerationConfig.from_pretrained(base_dir).save_pretrained(merged_dir)
+        return Path(merged_dir)
 
     def load_checkpoint(self, directory: str | Path) -> dict:
         """Continue from ``save_checkpoint``'s folder: weights, optimizer, step, version, RNG states."""
