@@ -15,15 +15,25 @@ SYSTEM_PROMPT = (
     "You are an agent playing a text game. Read the goal and the observation, then reply with exactly "
     "one action: a short command on a single line, with no explanation."
 )
-_PREFIX = re.compile(r"^(?:action|command|next action|your next action)\s*:\s*|^>\s*", re.IGNORECASE)
+# Wrappers a model puts around a command: "Action: ...", "> ...", a list marker, quotes or backticks.
+_PREFIX = re.compile(
+    r"^(?:(?:action|command|next action|your next action|answer)\s*:\s*|>\s*|[-*]\s+|\d+[.)]\s+)", re.IGNORECASE
+)
+_ACTION_TAG = re.compile(r"<action>(.*?)</action>", re.IGNORECASE | re.DOTALL)
+_FENCE = re.compile(r"^```[a-z]*$", re.IGNORECASE)  # a code-fence line (its language tag included)
 _QUOTES = "\"'`*"
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_WORD = re.compile(r"[a-z0-9]+")
+_ARTICLES = frozenset({"a", "an", "the"})
 
 
 @dataclass(frozen=True)
 class ParsedAction:
-    action: str  # "" when invalid
+    action: str  # the command for the env; "" when invalid
     invalid_reason: str | None
+    command: str = ""  # the command as the reply wrote it (before matching to an admissible action)
+    line: int = 0  # which non-empty line of the reply it came from (0: the first)
+    matched: bool = False  # ``action`` is the admissible command ``command`` most resembles
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,14 @@ class PromptSettings:
     max_observation_chars: int = 1200
     show_admissible: bool = True
     max_action_chars: int = 80
+    # exact: the env gets the command as written | admissible: the admissible command it most resembles
+    action_match: str = "exact"
+
+    @classmethod
+    def from_rollout(cls, rollout) -> PromptSettings:
+        """The settings of a ``rollout`` config group (conf/schema.RolloutConfig)."""
+        r = rollout
+        return cls(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars, r.action_match)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -58,24 +76,96 @@ def build_messages(
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-def parse_action(reply: str, truncated: bool, settings: PromptSettings) -> ParsedAction:
-    """One action out of a model reply, or the reason there is none. Never raises."""
-    if truncated:
-        return ParsedAction("", "reply cut off at max_tokens")
-    # Terminal escapes, control and format characters are never part of a game command.
-    cleaned = _ANSI_ESCAPE.sub(" ", reply)
+def encode_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of a turn's prompt, ending with the assistant header the reply follows."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def history_entry(action: str, reply: str, observation: str) -> tuple[str, str]:
+    """What the next prompts' history shows of a turn: the action, or the start of a reply that held none."""
+    return (action or reply.strip()[:40] or "<empty>", observation)
+
+
+def _strip_wrappers(line: str) -> str:
+    """``Action: "take apple".`` -> ``take apple``: prefixes, quotes, backticks, a final full stop."""
+    for _ in range(3):  # wrappers nest: > "Action: `look`"
+        line = _PREFIX.sub("", line).strip().strip(_QUOTES).strip().rstrip(".").strip()
+    return " ".join(line.split())
+
+
+def _reply_lines(reply: str, truncated: bool) -> list[str]:
+    """The reply's non-empty lines, wrappers stripped; a line cut off at max_tokens is not one."""
+    cleaned = _ANSI_ESCAPE.sub(" ", reply)  # terminal escapes, control and format characters are never part of a command
     cleaned = "".join(" " if unicodedata.category(c)[0] == "C" and c != "\n" else c for c in cleaned)
-    lines = [line.strip() for line in cleaned.split("\n") if line.strip()]
+    tagged = _ACTION_TAG.findall(cleaned)
+    if tagged:  # <action>...</action>: only what the tags hold
+        cleaned = "\n".join(tagged)
+    elif truncated:
+        cleaned = cleaned.rsplit("\n", 1)[0] if "\n" in cleaned else ""
+    lines = [line.strip() for line in cleaned.split("\n")]
+    return [_strip_wrappers(line) for line in lines if line and not _FENCE.match(line)]
+
+
+def _check_command(command: str, settings: PromptSettings) -> str | None:
+    """Why ``command`` cannot be an action, or None."""
+    if not command:
+        return "empty reply"
+    if len(command) > settings.max_action_chars:
+        return f"action longer than {settings.max_action_chars} characters"
+    if not any(c.isalpha() for c in command):
+        return "no words in the reply"
+    return None
+
+
+def action_words(text: str) -> frozenset[str]:
+    """The words a command is compared by: lower case, punctuation and articles dropped."""
+    return frozenset(_WORD.findall(text.lower())) - _ARTICLES
+
+
+def match_admissible(command: str, admissible: list[str]) -> tuple[str | None, str | None]:
+    """The admissible command ``command`` most resembles (Jaccard overlap of their words), or None with
+    the reason: no admissible command shares a word, or several resemble it equally."""
+    words = action_words(command)
+    if not words:
+        return None, "no words in the reply"
+    scored: dict[str, float] = {}
+    for candidate in admissible:
+        other = action_words(candidate)
+        overlap = len(words & other)
+        if overlap:
+            scored[candidate] = overlap / len(words | other)
+    if not scored:
+        return None, "no admissible action resembles the reply"
+    best = max(scored.values())
+    tied = sorted(c for c, score in scored.items() if score == best)
+    if len(tied) > 1:
+        return None, f"reply resembles {len(tied)} admissible actions equally ({', '.join(tied[:3])})"
+    return tied[0], None
+
+
+def parse_action(reply: str, truncated: bool, settings: PromptSettings, admissible: list[str] | None = None) -> ParsedAction:
+    """One action out of a model reply, or the reason there is none. Never raises.
+
+    The first line that holds a usable command is taken (a reply of several lines is not rejected; a
+    line cut off at max_tokens is never used). With ``settings.action_match == "admissible"`` and an
+    ``admissible`` list, a command is mapped to the admissible command it most resembles, and a line
+    counts as usable only if it resembles exactly one best.
+    """
+    lines = _reply_lines(reply, truncated)
     if not lines:
-        return ParsedAction("", "empty reply")
-    if len(lines) > 1:
-        return ParsedAction("", f"several lines ({len(lines)}) where one action was asked for")
-    action = _PREFIX.sub("", lines[0]).strip().strip(_QUOTES).strip().rstrip(".").strip()
-    action = " ".join(action.split())
-    if not action:
-        return ParsedAction("", "empty reply")
-    if len(action) > settings.max_action_chars:
-        return ParsedAction("", f"action longer than {settings.max_action_chars} characters")
-    if not any(c.isalpha() for c in action):
-        return ParsedAction("", "no words in the reply")
-    return ParsedAction(action.lower(), None)
+        return ParsedAction("", "reply cut off at max_tokens" if truncated else "empty reply")
+    matching = settings.action_match == "admissible" and bool(admissible)
+    first_reason = None
+    for index, command in enumerate(lines):
+        reason = _check_command(command, settings)
+        action = command.lower()
+        if reason is None and matching:
+            exact = {a.lower(): a for a in admissible}.get(action)
+            matched, reason = (exact, None) if exact else match_admissible(action, admissible)
+            if matched is not None:
+                return ParsedAction(matched, None, command=action, line=index, matched=matched != action)
+        if reason is None:
+            return ParsedAction(action, None, command=action, line=index)
+        first_reason = first_reason or reason
+    return ParsedAction("", first_reason)

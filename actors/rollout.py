@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import ray
 
 from actors.engine import InferenceEngine, Sampling
-from actors.prompting import PromptSettings, build_messages, parse_action
+from actors.prompting import PromptSettings, build_messages, encode_prompt, history_entry, parse_action
 from core.adapter import AdapterWeights, Published
 from core.episode import Episode, Step
 from envs.base import EnvError, TextEnv
@@ -240,8 +240,7 @@ class RolloutWorker:
     def _prompt_ids(self, slot: _Slot) -> list[int]:
         assert slot.episode is not None
         messages = build_messages(slot.episode.goal, slot.history, slot.observation, slot.admissible, self.prompt)
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        return encode_prompt(self.tokenizer, messages)
 
     def _turn(self, active: list[_Slot]) -> list[Episode]:
         """One batched generation for every active slot, then one env step each."""
@@ -273,7 +272,7 @@ class RolloutWorker:
             assert episode is not None
             episode.timings["generate_s"] += elapsed
             reply = self.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
-            parsed = parse_action(reply, generation.finish_reason == "length", self.prompt)
+            parsed = parse_action(reply, generation.finish_reason == "length", self.prompt, slot.admissible)
             start = time.perf_counter()
             env, action, invalid = slot.env, parsed.action, parsed.invalid_reason
             try:
@@ -297,9 +296,12 @@ class RolloutWorker:
                     env_reward=result.reward,
                     policy_version=version,
                     recognised=bool(result.info.get("recognised", True)),
+                    command=parsed.command,
+                    matched=parsed.matched,
+                    reply_line=parsed.line,
                 )
             )
-            slot.history.append((parsed.action or reply.strip()[:40] or "<empty>", result.observation))
+            slot.history.append(history_entry(parsed.action, reply, result.observation))
             slot.observation, slot.admissible = result.observation, result.info.get("admissible_actions")
             if result.done:
                 self.stats.cleaned_observations += int(result.info.get("cleaned_observations", 0))

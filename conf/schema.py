@@ -15,6 +15,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 
+ACTION_MATCH = ("exact", "admissible")  # rollout.action_match (actors/prompting.py)
+
+
 class ConfigError(ValueError):
     pass
 
@@ -41,6 +44,9 @@ class ModelConfig:
     path: str | None = None  # a Hugging Face model directory; None = the built-in model ``builtin``
     builtin: str = "smollm2"  # smollm2: the embedded SmolLM2-135M-Instruct | tiny-corridor: launch/tiny_model.py
     dtype: str = "bfloat16"
+    # A behaviour-cloned start (learner/warm_start.py): null = none | auto = clone this config's env's expert
+    # demonstrations (built once, cached by what made it) | a merged model directory made by launch.warm_start
+    warm_start: str | None = None
 
 
 @dataclass
@@ -67,6 +73,9 @@ class RolloutConfig:
     max_observation_chars: int = 1200
     show_admissible: bool = True
     max_action_chars: int = 80
+    # exact: the env gets the reply's command as written | admissible: the admissible command it most
+    # resembles (word overlap; no unique best: invalid), where the env lists them. Tokens stay as generated.
+    action_match: str = "exact"
     env_step_timeout_s: float = 60.0  # an env reset/step slower than this counts as a hung env (0: no limit)
     max_episode_retries: int = 2  # a crashed or hung env is replaced and its episode replayed from the start
     max_restarts: int = 3  # Ray restarts a dead rollout actor this often; its owed episodes are issued again
@@ -164,6 +173,17 @@ class WandbConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """Behaviour cloning of the env's expert solutions (train split) before RL: ``model.warm_start``."""
+
+    demonstrations: int = 32  # train variations 0..N-1 of each task whose expert solution is cloned
+    held_out: int = 8  # valid variations whose demonstrations measure the NLL on unseen games (0: none)
+    epochs: int = 2
+    batch_demonstrations: int = 8  # demonstrations per optimizer step
+    lr: float = 1.0e-3
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -174,6 +194,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     seed: int = 0
     mode: str = "sync"  # sync: generate, then train; async: the next batch is generated while the learner trains
     episodes: int = 16  # launch.rollout: how many episodes to play
@@ -193,7 +214,7 @@ MODES = ("sync", "async")
 DTYPES = ("bfloat16", "float16", "float32")
 SPLITS = ("train", "valid", "test")
 PLACEMENT_STRATEGIES = (None, "PACK", "SPREAD")
-JOBS = ("train", "rollout", "evaluate")  # the entry points; some rules hold only for training
+JOBS = ("train", "rollout", "evaluate", "warm_start")  # the entry points; some rules hold only for training
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -260,6 +281,7 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(r.history_window >= 0, "rollout.history_window", r.history_window, "an integer >= 0")
     _check(r.max_observation_chars >= 16, "rollout.max_observation_chars", r.max_observation_chars, "an integer >= 16")
     _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
+    _check(r.action_match in ACTION_MATCH, "rollout.action_match", r.action_match, " or ".join(ACTION_MATCH))
     _check(r.env_step_timeout_s >= 0, "rollout.env_step_timeout_s", r.env_step_timeout_s, "a number of seconds >= 0 (0: no limit)")
     _check(r.max_episode_retries >= 0, "rollout.max_episode_retries", r.max_episode_retries, "an integer >= 0")
     _check(r.max_restarts >= 0, "rollout.max_restarts", r.max_restarts, "an integer >= 0")
@@ -291,6 +313,16 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(l.lr > 0, "learner.lr", l.lr, "a number > 0")
     _check(l.weight_decay >= 0, "learner.weight_decay", l.weight_decay, "a number >= 0")
     _check(l.grad_clip > 0, "learner.grad_clip", l.grad_clip, "a number > 0")
+    w = cfg.warm_start
+    _check(w.demonstrations >= 1, "warm_start.demonstrations", w.demonstrations, "an integer >= 1")
+    _check(w.held_out >= 0, "warm_start.held_out", w.held_out, "an integer >= 0")
+    _check(w.epochs >= 1, "warm_start.epochs", w.epochs, "an integer >= 1")
+    _check(w.batch_demonstrations >= 1, "warm_start.batch_demonstrations", w.batch_demonstrations, "an integer >= 1")
+    _check(w.lr > 0, "warm_start.lr", w.lr, "a number > 0")
+    if cfg.model.warm_start not in (None, "auto"):
+        _check((Path(cfg.model.warm_start) / "config.json").exists(), "model.warm_start", cfg.model.warm_start,
+               "null, auto, or a merged model directory (with config.json) made by python -m launch.warm_start")  # fmt: skip
+        _check(cfg.model.path is None, "model.path", cfg.model.path, "null when model.warm_start names a directory (the merged model is the model)")
     _check(l.micro_batch_tokens >= 64, "learner.micro_batch_tokens", l.micro_batch_tokens, "an integer >= 64")
     _check(0 < l.clip_eps < 1, "learner.clip_eps", l.clip_eps, "in (0, 1)")
     _check(l.dual_clip > 1, "learner.dual_clip", l.dual_clip, "a number > 1")

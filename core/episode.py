@@ -22,13 +22,16 @@ class Step:
     action_ids: list[int]  # generated token ids, exactly as sampled (EOS included when emitted)
     action_logprobs: list[float]  # log-prob of each generated token under the sampling distribution
     reply_text: str  # the model's raw reply, decoded
-    action: str  # the parsed action sent to the env; "" when the reply was malformed
+    action: str  # the command sent to the env; "" when the reply held none
     invalid_reason: str | None  # why the reply could not be parsed, None when it could
     observation: str  # the environment's answer to this action
     env_reward: float  # change of the normalised score caused by this step
     policy_version: int  # adapter version that generated action_ids (0 = base model)
     recognised: bool = True  # False when the env did not understand the action
     step_reward: float | None = None  # dense reward, filled by the reward stage
+    command: str = ""  # the command as the reply wrote it (rollout.action_match=admissible may map it)
+    matched: bool = False  # ``action`` is the admissible command that ``command`` most resembles
+    reply_line: int = 0  # the reply's line the command came from (0: the first; later lines skip chatter)
 
     def __post_init__(self) -> None:
         if len(self.action_ids) != len(self.action_logprobs):
@@ -102,6 +105,10 @@ class Episode:
         return sum(not s.recognised for s in self.steps)
 
     @property
+    def num_matched(self) -> int:
+        return sum(s.matched for s in self.steps)
+
+    @property
     def num_generated_tokens(self) -> int:
         return sum(len(s.action_ids) for s in self.steps)
 
@@ -110,6 +117,7 @@ class Episode:
         record["policy_versions"] = self.policy_versions
         record["num_invalid"] = self.num_invalid
         record["num_unrecognised"] = self.num_unrecognised
+        record["num_matched"] = self.num_matched
         return record
 
     def to_json(self) -> str:

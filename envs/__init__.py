@@ -8,8 +8,17 @@ from core.paths import default_cache_dir
 from envs.base import EnvError, TextEnv
 
 
-def make_env(cfg) -> TextEnv:
-    """Build one environment instance from an ``EnvConfig`` (``variation_counts`` has checked it)."""
+def make_env(cfg, rollout=None) -> TextEnv:
+    """Build one environment instance from an ``EnvConfig`` (``variation_counts`` has checked it). With
+    the ``rollout`` config, it lists admissible actions only where the prompt shows them or replies
+    are matched to them (ScienceWorld takes tens of ms to list them)."""
+    env = _make_env(cfg)
+    if rollout is not None:
+        env.list_admissible = rollout.show_admissible or rollout.action_match == "admissible"
+    return env
+
+
+def _make_env(cfg) -> TextEnv:
     if cfg.name == "corridor":
         from envs.corridor import CorridorEnv, corridor_length
 

@@ -100,6 +100,11 @@ class TextEnv(abc.ABC):
         """Actions the game accepts now, or None when the env does not enumerate them."""
         return None
 
+    def expert_actions(self, task: str, variation: int, split: str = "train") -> list[str]:
+        """An expert's commands that solve (task, variation) from its reset (behaviour-cloning data).
+        It may play the game to find them, so the current episode ends."""
+        raise EnvError(f"env {self.name!r} has no expert demonstrations")
+
     def close(self) -> None:
         self.done = True
 

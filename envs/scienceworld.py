@@ -237,6 +237,9 @@ class ScienceWorldEnv(TextEnv):
         self._gateway.detach(java_list)
         return text.split("\n") if text else []
 
+    def expert_actions(self, task: str, variation: int, split: str = "train") -> list[str]:
+        return self.gold_path(task, variation, split)
+
     def _reset(self, task: str, variation: int, split: str) -> tuple[str, str, float]:
         if not self._finalizer.alive:
             raise EnvError("this ScienceWorld env is closed (its JVM is gone); make a new one")

@@ -142,6 +142,7 @@ class TextWorldCookingEnv(TextEnv):
         self._game = None
         self._admissible: list[str] = []
         self._max_score = 1
+        self._walkthrough: list[str] = []
 
     def tasks(self, split: str) -> list[str]:
         check_split(split)
@@ -154,12 +155,14 @@ class TextWorldCookingEnv(TextEnv):
         path = ensure_game(self.cache_dir, task, split, variation)
         self.close()
         infos = self._textworld.EnvInfos(
-            admissible_commands=True, max_score=True, won=True, lost=True, objective=True, score=True
+            admissible_commands=True, max_score=True, won=True, lost=True, objective=True, score=True,
+            extras=["walkthrough"],
         )
         self._game = self._textworld.start(str(path), request_infos=infos)
         state = self._game.reset()
         self._max_score = max(int(state.max_score), 1)
         self._admissible = list(state.admissible_commands)
+        self._walkthrough = list(state.get("extra.walkthrough") or [])
         # The intro repeats the objective, which the prompt already shows as the goal.
         observation = clean_feedback(state.feedback).removeprefix(state.objective).strip()
         return state.objective, observation, state.score / self._max_score
@@ -173,6 +176,14 @@ class TextWorldCookingEnv(TextEnv):
 
     def admissible_actions(self) -> list[str]:
         return list(self._admissible)
+
+    def expert_actions(self, task: str, variation: int, split: str = "train") -> list[str]:
+        """The walkthrough ``tw-make`` stored in the game."""
+        self.reset(task, variation, split)
+        self.done = True
+        if not self._walkthrough:
+            raise EnvError(f"TextWorld game {task} {split} variation {variation} has no walkthrough")
+        return list(self._walkthrough)
 
     def close(self) -> None:
         super().close()

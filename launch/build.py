@@ -21,6 +21,18 @@ ACTOR_ENV_VARS = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
 
 
 def resolve_model_dir(cfg: Config) -> str:
+    """The model every engine and the learner load: ``model.warm_start``'s merged model when set (``auto``
+    builds it once from this config's env), else ``model.path`` or the built-in ``model.builtin``."""
+    if cfg.model.warm_start == "auto":
+        from learner.warm_start import ensure_warm_start
+
+        return str(ensure_warm_start(cfg, base_model_dir(cfg)))
+    if cfg.model.warm_start:
+        return cfg.model.warm_start
+    return base_model_dir(cfg)
+
+
+def base_model_dir(cfg: Config) -> str:
     if cfg.model.path:
         return cfg.model.path
     if cfg.model.builtin == "tiny-corridor":
@@ -185,7 +197,7 @@ def make_rollout_actors(cfg: Config, model_dir: str, bundles: Callable[[int], di
     its episodes); ``bundles`` pins actor i to its placement-group bundle."""
     r = cfg.rollout
     sampling = Sampling(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=None)
-    prompt = PromptSettings(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars)
+    prompt = PromptSettings.from_rollout(r)
     actors = []
     for i in range(r.num_actors):
         engine_factory = _EngineFactory(cfg, model_dir, engine_threads(cfg, r.num_actors, i), seed=cfg.seed + i)
@@ -257,13 +269,10 @@ class _EngineFactory:
 
 class _EnvFactory:
     def __init__(self, cfg: Config) -> None:
-        self.env_cfg = cfg.env
-        self.list_admissible = cfg.rollout.show_admissible
+        self.env_cfg, self.rollout_cfg = cfg.env, cfg.rollout
 
     def __call__(self):
-        env = make_env(self.env_cfg)
-        env.list_admissible = self.list_admissible
-        return env
+        return make_env(self.env_cfg, self.rollout_cfg)
 
 
 def begin_run(dict_cfg, job: str) -> tuple[Config, Path]:

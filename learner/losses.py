@@ -64,6 +64,15 @@ def policy_loss(
     return loss, stats
 
 
+def imitation_loss(logprobs: torch.Tensor, mask: torch.Tensor, normaliser: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Negative log-likelihood of the masked (demonstrated) tokens: behaviour cloning, the warm start's
+    objective. Divided by ``normaliser`` (default: the mask's token count), as ``policy_loss``."""
+    mask = mask.to(logprobs.dtype)
+    tokens = mask.sum().clamp(min=1.0)
+    loss = -(logprobs * mask).sum() / (normaliser if normaliser is not None else tokens)
+    return loss, {"nll": float(-(logprobs.detach() * mask).sum() / tokens)}
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log pi(target | context) for logits already aligned with their targets ([batch, n, vocab] and
     [batch, n]). Logits are divided by the sampling temperature, so the result is the distribution the

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.prompting import PromptSettings, build_messages, parse_action
+from actors.prompting import PromptSettings, build_messages, match_admissible, parse_action
 
 SETTINGS = PromptSettings(history_window=2, max_observation_chars=50, max_action_chars=20)
 
@@ -21,6 +21,10 @@ SETTINGS = PromptSettings(history_window=2, max_observation_chars=50, max_action
         ('"examine cookbook"', "examine cookbook"),
         ("`look`\n", "look"),
         ("take\x00 knife", "take knife"),
+        ("```\nopen fridge\n```", "open fridge"),
+        ("<action>take knife</action> because it is sharp", "take knife"),
+        ('> "Action: `look`".', "look"),
+        ("1. go east", "go east"),
     ],
 )
 def test_parse_accepts_one_action(reply, action):
@@ -34,17 +38,73 @@ def test_parse_accepts_one_action(reply, action):
         ("", False, "empty reply"),
         ("   \n\t ", False, "empty reply"),
         ("Action:", False, "empty reply"),
-        ("go north\ngo south", False, "several lines"),
+        ("```\n```", False, "empty reply"),
         ("go north and then keep walking for a while", False, "longer than 20"),
         ("!!! ??? 123", False, "no words"),
         ("\x01\x02\x1b[31m", False, "empty reply"),
         ("\x1b[31m!!\x1b[0m", False, "no words"),
         ("go nor", True, "cut off at max_tokens"),
+        ("!!!\ngo north and keep walking", True, "no words"),  # the cut line is never a candidate
     ],
 )
 def test_parse_rejects_malformed_replies_with_a_reason(reply, truncated, reason):
     parsed = parse_action(reply, truncated=truncated, settings=SETTINGS)
     assert parsed.action == "" and reason in parsed.invalid_reason
+
+
+@pytest.mark.parametrize(
+    "reply, truncated, action, line",
+    [
+        ("go north\ngo south", False, "go north", 0),
+        ("Sure thing\n\nopen fridge", False, "sure thing", 0),  # exact: the first line that parses, whatever it says
+        ("Sure! Here is my next move:\nopen fridge", False, "open fridge", 1),  # the first is too long
+        ("!!!\n> open fridge\nIt should hold food", False, "open fridge", 1),
+        ("take apple\nBecause I am hungr", True, "take apple", 0),  # complete first line of a cut-off reply
+    ],
+)
+def test_a_reply_of_several_lines_gives_its_first_line_that_parses(reply, truncated, action, line):
+    parsed = parse_action(reply, truncated=truncated, settings=SETTINGS)
+    assert (parsed.action, parsed.line, parsed.invalid_reason, parsed.matched) == (action, line, None, False)
+
+
+MATCHING = PromptSettings(max_action_chars=40, action_match="admissible")
+KITCHEN = ["open fridge", "take red apple from counter", "take green apple from counter", "go east", "examine cookbook"]
+
+
+@pytest.mark.parametrize(
+    "reply, action, command, line",
+    [
+        ("open fridge", "open fridge", "open fridge", 0),  # already admissible: not counted as matched
+        ("Open the fridge.", "open fridge", "open the fridge", 0),  # articles and case do not count
+        ("take the red apple", "take red apple from counter", "take the red apple", 0),
+        ("I think I should go east now", "go east", "i think i should go east now", 0),
+        ("take an apple\nthe red one: take red apple", "take red apple from counter", "the red one: take red apple", 1),  # the first line ties
+    ],
+)
+def test_admissible_matching_maps_a_reply_to_the_command_it_most_resembles(reply, action, command, line):
+    parsed = parse_action(reply, truncated=False, settings=MATCHING, admissible=KITCHEN)
+    assert (parsed.action, parsed.invalid_reason, parsed.command, parsed.line) == (action, None, command, line)
+    assert parsed.matched == (action != command)
+
+
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        ("take the apple", "resembles 2 admissible actions equally"),  # a tie is no match
+        ("", "empty reply"),
+        ("xyzzy plugh", "no admissible action resembles the reply"),  # garbage
+        ("!!! ???", "no words"),
+    ],
+)
+def test_admissible_matching_rejects_ties_empty_and_garbage_replies(reply, reason):
+    parsed = parse_action(reply, truncated=False, settings=MATCHING, admissible=KITCHEN)
+    assert parsed.action == "" and not parsed.matched and reason in parsed.invalid_reason
+
+
+def test_admissible_matching_without_a_list_is_exact():
+    parsed = parse_action("open the fridge", truncated=False, settings=MATCHING, admissible=None)
+    assert (parsed.action, parsed.matched) == ("open the fridge", False)
+    assert match_admissible("open the fridge", []) == (None, "no admissible action resembles the reply")
 
 
 @settings(max_examples=500, deadline=None)
