@@ -8,7 +8,7 @@ setup:
 	bash launch/setup.sh
 
 train: setup
-	$(PY) -m launch.train $(ARGS)
+	$(PY) -m launch.train experiment=textworld_debug $(ARGS)
 
 rollout: setup
 	$(PY) -m launch.rollout $(ARGS)

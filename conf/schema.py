@@ -203,6 +203,7 @@ class Config:
     run_dir: str | None = None  # None: Hydra's output dir
     resume: str | None = None  # a run dir: continue it from its last complete checkpoint (same config)
     report: bool = True  # write run_dir/report/ (markdown + plots) at the end
+    verbose: bool = False  # true: the actors' library logs (vLLM, DeepSpeed, Ray INFO) in the terminal too; else in run_dir/actor_logs
 
 
 ENV_NAMES = ("textworld", "corridor", "scienceworld")

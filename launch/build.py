@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -52,11 +53,26 @@ def start_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # The actors' output (vLLM, DeepSpeed and Ray INFO logs: hundreds of lines) stays in Ray's log
+    # folder, which link_actor_logs links into the run dir; ``verbose=true`` shows it here as well.
+    quiet = dict(log_to_driver=cfg.verbose, logging_level=logging.INFO if cfg.verbose else logging.WARNING)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
     else:
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
+
+
+def link_actor_logs(run_dir: Path) -> Path | None:
+    """``run_dir/actor_logs``: a link to this Ray session's log folder (every actor's stdout and stderr)."""
+    try:
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    except AttributeError:  # not a local node (a client connection): the logs live on the cluster
+        return None
+    link = run_dir / "actor_logs"
+    if not link.exists():
+        link.symlink_to(logs, target_is_directory=True)
+    return link
 
 
 class Role(NamedTuple):

@@ -33,6 +33,7 @@ from launch.build import (
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
+    link_actor_logs,
     start_ray,
     wait_until_ready,
 )
@@ -84,6 +85,7 @@ def main(dict_cfg: DictConfig) -> dict:
     model_dir = resolve_model_dir(cfg)
     prepare_env_assets(cfg, specs)
     start_ray(cfg)
+    link_actor_logs(run_dir)
     actors = make_rollout_actors(cfg, model_dir)
     wait_until_ready(actors)
     # As in training: every stream call carries the version, so an actor Ray restarts mid-evaluation
@@ -102,7 +104,7 @@ def main(dict_cfg: DictConfig) -> dict:
     (run_dir / "evaluation.json").write_text(json.dumps(table, indent=2))
     text = markdown(table)
     (run_dir / "evaluation.md").write_text(text)
-    print(f"\n{cfg.env.name} {cfg.evaluate.split}, {'adapter ' + cfg.evaluate.adapter if adapter else 'base model'}, "
+    print(f"\n{cfg.env.name} {cfg.evaluate.split}, {'adapter ' + cfg.evaluate.adapter if adapter else ('warm-started model ' + model_dir if cfg.model.warm_start else 'base model')}, "
           f"{'greedy' if cfg.evaluate.greedy else 'sampled'}\n{text}ledger {table['ledger']}\nwall {table['wall_s']:.0f} s; run dir {run_dir}")  # fmt: skip
     return table
 

@@ -365,6 +365,9 @@ def headline(run: dict) -> str:
         rows.append(
             ("publish → first token on the new version", f"median {np.median(latencies):.2f} s, max {max(latencies):.2f} s over {len(latencies)} versions")
         )
+    no_spread = [m["step"] for m in metrics if "step_advantage_abs_mean" in m and not m["step_advantage_abs_mean"]]
+    if no_spread:
+        rows.append(("**warning**: steps with every advantage 0 (no reward spread: they changed nothing)", f"{len(no_spread)} of {len(metrics)}: {no_spread}"))
     text = _table(("headline", "value"), rows)
     if run["summary"] is None:
         return text + "\nsummary.json is absent (the run did not finish): no evaluation, episode ledger or time split.\n"

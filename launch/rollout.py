@@ -32,6 +32,7 @@ from launch.build import (
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
+    link_actor_logs,
     start_ray,
     wait_until_ready,
 )
@@ -92,6 +93,7 @@ def main(dict_cfg: DictConfig) -> dict:
     specs = episode_specs(cfg, cfg.episodes // cfg.group_size, cfg.env.split, cfg.seed, uid_prefix="rollout")
     prepare_env_assets(cfg, specs)
     start_ray(cfg)
+    link_actor_logs(run_dir)
     actors = make_rollout_actors(cfg, model_dir)
     wait_until_ready(actors)
     with open(run_dir / "episodes.jsonl", "w") as out:

@@ -42,6 +42,7 @@ from launch.build import (
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
+    link_actor_logs,
     start_ray,
     step_specs,
     unplaced,
@@ -284,6 +285,7 @@ def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
     eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval") if cfg.eval_groups else []
     prepare_env_assets(cfg, step_specs(cfg, 0) + eval_specs)
     start_ray(cfg)
+    link_actor_logs(run_dir)
     check_resources(cfg)
     wall_start = time.perf_counter()
     pipeline = Pipeline(cfg, model_dir)
@@ -296,6 +298,9 @@ def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
         raise type(error)(f"{error}. The run stopped. {where}" + (f" Resume with:\n  {resume_command}" if last and resume_command else "")) from error
     finally:
         pipeline.close()  # a Hydra multirun starts the next run in this process and Ray instance
+
+
+NO_SPREAD = "no reward spread in its batch (every group's episodes scored alike, no dense reward): every advantage is 0, so the step changed nothing"
 
 
 def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list, wall_start: float, resume_from: Path | None = None) -> dict:
@@ -349,6 +354,9 @@ def train_loop(cfg: Config, run_dir: Path, pipeline: Pipeline, eval_specs: list,
             metrics["published_version"] = version
         pipeline.ledger.check(expect_idle=True)
         metrics.update(step=step + 1, wall_s=time.perf_counter() - wall_start, ledger=pipeline.ledger.as_dict())
+        if not metrics.get("step_advantage_abs_mean"):
+            metrics["warning"] = NO_SPREAD
+            tqdm.write(f"warning: learner step {step + 1}: {NO_SPREAD}")
         history.append(metrics)
         logger.log(step + 1, metrics)
         self_eval_file.flush()
@@ -403,6 +411,7 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
         "ledger": ledger.as_dict(),
         "rollout_actor_deaths": stage["rollout_actor_deaths"],
         "last_failures": stage["last_failures"],
+        "no_spread_steps": [h["step"] for h in history if h.get("warning") == NO_SPREAD],
     }
 
 
@@ -424,6 +433,7 @@ def main(dict_cfg: DictConfig) -> dict:
         f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
         + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
         + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")
+        + (f"warning: {len(summary['no_spread_steps'])} of {summary['steps']} learner steps had {NO_SPREAD.split(':')[0]} (steps {summary['no_spread_steps']})\n" if summary["no_spread_steps"] else "")
         + f"ledger {summary['ledger']}\nrun dir {run_dir}"
     )
     return summary

@@ -183,6 +183,8 @@ class Learner:
         stats = {
             "return_mean": float(np.mean([row[1] for row in flat])) if flat else 0.0,
             "advantage_abs_mean": float(episode_adv.abs().mean()) if flat else 0.0,
+            # what the loss sees (episode + omega * step advantage): 0 means this step changes nothing
+            "step_advantage_abs_mean": float(torch.cat(advantages).abs().mean()) if flat and sum(map(len, advantages)) else 0.0,
         }
         return samples, stats
 

@@ -47,12 +47,26 @@ def test_default_config_is_valid():
         ("reward.step_question='Was it good?'", "reward.step_question='Was it good?'"),
         ("model.builtin=gpt5", "model.builtin='gpt5'"),
         ("episodes=10", "episodes=10"),
+        ("rollout.action_match=fuzzy", "rollout.action_match='fuzzy'"),
+        ("model.warm_start=/no/such/merged", "model.warm_start='/no/such/merged'"),
+        ("warm_start.epochs=0", "warm_start.epochs=0"),
+        ("warm_start.demonstrations=0", "warm_start.demonstrations=0"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_valid(override, key):
     with pytest.raises(ConfigError, match="invalid: ") as err:
         load(override)
     assert key in str(err.value)
+
+
+def test_the_debug_presets_warm_start_and_the_paper_presets_do_not():
+    """The paper trains without expert demonstrations; a 135M model on CPU cannot play without them."""
+    for preset in ("textworld_debug", "scienceworld_debug"):
+        cfg = load(f"experiment={preset}")
+        assert (cfg.model.warm_start, cfg.rollout.action_match, cfg.model.path) == ("auto", "admissible", None)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for preset in ("paper_textworld", "paper_scienceworld"):
+            assert compose("config", overrides=[f"experiment={preset}"]).model.warm_start is None
 
 
 @pytest.mark.parametrize("override", ["rollout.bogus=1", "rollout.num_actors=two", "nosuchgroup.x=1"])

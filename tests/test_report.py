@@ -103,6 +103,20 @@ def test_report_of_an_env_run_says_what_it_skips(tmp_path):
     assert "No self-evaluation quality per step" in text
 
 
+def test_report_warns_about_steps_whose_advantages_were_all_zero(tmp_path):
+    """The default job once trained 3 steps with every advantage 0 and its report never said so."""
+    run_dir = make_run_dir(tmp_path, "env", steps=3)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line, spread in zip(lines, (0.0, 0.4, 0.0)):
+        line["step_advantage_abs_mean"] = spread
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = write_report(run_dir).read_text()
+    assert "**warning**: steps with every advantage 0" in text and "2 of 3: [1, 3]" in text
+    lines[0]["step_advantage_abs_mean"] = lines[2]["step_advantage_abs_mean"] = 0.1
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert "every advantage 0" not in write_report(run_dir).read_text()
+
+
 def test_report_without_summary_or_config_still_renders(tmp_path):
     run_dir = make_run_dir(tmp_path, "prm")
     (run_dir / "summary.json").unlink()

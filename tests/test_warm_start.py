@@ -112,3 +112,23 @@ def test_the_merged_model_gives_the_same_greedy_tokens_in_vllm_and_hf(warm_model
     vllm.close()
     assert vllm_tokens == hf_tokens
     assert all(tokenizer.decode(t, skip_special_tokens=True).startswith(("go ", "take")) for t in hf_tokens)  # it learnt the format
+
+
+def test_a_matched_action_keeps_the_generated_token_ids(smollm2_dir):
+    """With action_match=admissible the env gets the admissible command a reply resembles, while the
+    step keeps what was sampled: its token ids decode to the raw reply, one log-prob per token."""
+    settings = PromptSettings(history_window=0, action_match="admissible")
+    env_factory = lambda: CorridorEnv([2], VARIATIONS, max_steps=4)  # noqa: E731
+    worker = RolloutWorker(0, HFEngineOf(smollm2_dir), env_factory, smollm2_dir, 4, Sampling(max_tokens=16), settings, 2048)
+    episodes = worker.run([EpisodeSpec("corridor-2", v, seed=v) for v in range(8)])
+    tokenizer = worker.tokenizer
+    worker.close()
+    steps = [s for e in episodes for s in e.steps]
+    matched = [s for s in steps if s.matched]
+    assert matched, f"no reply was mapped in {len(steps)} steps: {[s.reply_text for s in steps][:5]}"
+    admissible = set(CorridorEnv([2], VARIATIONS).admissible_actions())
+    for step in matched:
+        assert step.action in admissible and step.action != step.command and step.invalid_reason is None
+        assert tokenizer.decode(step.action_ids, skip_special_tokens=True) == step.reply_text
+        assert len(step.action_logprobs) == len(step.action_ids)
+        assert step.recognised  # the env understood the mapped command
