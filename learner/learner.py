@@ -26,6 +26,7 @@ from learner.losses import LossConfig, imitation_loss, policy_loss, token_logpro
 from learner.samples import (
     Sample,
     collate,
+    demonstration_samples,
     pack,
     return_rows,
     samples_for,
@@ -153,14 +154,14 @@ class Learner:
         warm start; ``actors.expert`` builds them through the rollout's prompt path). Every rank calls
         it with its share."""
         start = time.perf_counter()
-        samples = [Sample(s.prompt_ids + s.action_ids, len(s.prompt_ids), [0.0] * len(s.action_ids), 0.0, s.policy_version) for e in demonstrations for s in e.steps]
+        samples = demonstration_samples(demonstrations)
         totals = self._optimizer_step(samples, objective="imitation")
         self.step += 1
         return {"learner_step": self.step, "demonstrations": len(demonstrations), "samples": len(samples), "train_s": time.perf_counter() - start, **totals}
 
     def demonstration_nll(self, demonstrations: list[Episode]) -> float:
         """Mean NLL per action token of the demonstrations under the current weights (no update)."""
-        samples = [Sample(s.prompt_ids + s.action_ids, len(s.prompt_ids), [0.0] * len(s.action_ids), 0.0, 0) for e in demonstrations for s in e.steps]
+        samples = demonstration_samples(demonstrations)
         self.engine.eval()
         total, tokens = 0.0, 0
         autocast = self._autocast()
@@ -232,21 +233,17 @@ class Learner:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         autocast = self._autocast()
         ref = None
-        if objective == "imitation":
-            with autocast:
-                logprobs = self._forward_logprobs(batch)
-            loss, stats = imitation_loss(logprobs, batch["loss_mask"], normaliser)
-            self.engine.backward(loss, scale_wrt_gas=False)
-            stats["loss"] = loss.item() * normaliser / max(float(batch["loss_mask"].sum()), 1.0)
-            return stats
-        if self.loss_cfg.kl_coef > 0:
+        if self.loss_cfg.kl_coef > 0 and objective == "policy":
             with torch.no_grad(), autocast, self.engine.module.disable_adapter():
                 ref = self._forward_logprobs(batch)
         with autocast:
             logprobs = self._forward_logprobs(batch)
-        loss, stats = policy_loss(
-            logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.loss_cfg, ref, normaliser
-        )
+        if objective == "imitation":
+            loss, stats = imitation_loss(logprobs, batch["loss_mask"], normaliser)
+        else:
+            loss, stats = policy_loss(
+                logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.loss_cfg, ref, normaliser
+            )
         self.engine.backward(loss, scale_wrt_gas=False)  # normalised by the step's action tokens already
         stats["loss"] = loss.item() * normaliser / max(float(batch["loss_mask"].sum()), 1.0)
         return stats

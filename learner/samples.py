@@ -68,6 +68,11 @@ def samples_for(episodes: list[Episode], advantages: list[torch.Tensor]) -> list
     return steps + answers
 
 
+def demonstration_samples(demonstrations: list[Episode]) -> list[Sample]:
+    """One sample per demonstrated step, its action tokens the imitation target (no advantage)."""
+    return [Sample(s.prompt_ids + s.action_ids, len(s.prompt_ids), [0.0] * len(s.action_ids), 0.0, s.policy_version) for e in demonstrations for s in e.steps]
+
+
 def pack(samples: list[Sample], token_budget: int) -> list[list[Sample]]:
     """Micro-batches whose padded size (rows x longest row) stays within ``token_budget``: longest
     samples first, each micro-batch filled until the next sample would exceed the budget. A sample

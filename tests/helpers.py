@@ -46,3 +46,15 @@ def actor_processes(class_name: str, since: float) -> list:
         if title.startswith(f"ray::{class_name}") and process.info["create_time"] >= since:
             found.append(process)
     return found
+
+
+class HFFactory:
+    """Builds an HF engine (float32, 2 threads) for ``model_dir`` where it is called: in a rollout actor."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+
+    def __call__(self):
+        from actors.hf_engine import HFEngine
+
+        return HFEngine(self.model_dir, max_versions=2, dtype="float32", num_threads=2)

@@ -17,19 +17,10 @@ from envs.corridor import CorridorEnv
 from reward.evaluator import SelfEvaluator
 from reward.hindsight import HindsightSettings
 from reward.mise import yes_probability
+from tests.helpers import HFFactory
 
 pytestmark = pytest.mark.slow
 VARIATIONS = {"train": 100, "valid": 10, "test": 10}
-
-
-class HFFactory:
-    def __init__(self, model_dir: str) -> None:
-        self.model_dir = model_dir
-
-    def __call__(self):
-        from actors.hf_engine import HFEngine
-
-        return HFEngine(self.model_dir, max_versions=2, dtype="float32", num_threads=2)
 
 
 class VLLMFactory(HFFactory):

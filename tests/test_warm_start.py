@@ -13,6 +13,7 @@ from actors.prompting import PromptSettings
 from actors.rollout import EpisodeSpec, RolloutWorker
 from conf.schema import register, validate
 from envs.corridor import CorridorEnv
+from tests.helpers import HFFactory
 
 pytestmark = pytest.mark.slow
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -23,22 +24,12 @@ def corridor():
     return CorridorEnv([2], VARIATIONS, max_steps=6)
 
 
-class HFEngineOf:
-    def __init__(self, model_dir: str) -> None:
-        self.model_dir = model_dir
-
-    def __call__(self):
-        from actors.hf_engine import HFEngine
-
-        return HFEngine(self.model_dir, max_versions=2, dtype="float32", num_threads=2)
-
-
 def test_a_demonstration_has_the_prompt_ids_a_rollout_actor_builds(warm_model_dir):
     """Replaying the commands a rollout actor played gives token for token the prompts it built."""
     from transformers import AutoTokenizer
 
     settings = PromptSettings(history_window=2)
-    worker = RolloutWorker(0, HFEngineOf(warm_model_dir), corridor, warm_model_dir, 4, Sampling(max_tokens=8), settings, 2048)
+    worker = RolloutWorker(0, HFFactory(warm_model_dir), corridor, warm_model_dir, 4, Sampling(max_tokens=8), settings, 2048)
     episodes = worker.run([EpisodeSpec("corridor-2", v, seed=v) for v in range(6)])
     worker.close()
     played = [e for e in episodes if e.status == "finished" and e.num_invalid == 0 and len(e.steps) >= 3]
@@ -119,7 +110,7 @@ def test_a_matched_action_keeps_the_generated_token_ids(smollm2_dir):
     step keeps what was sampled: its token ids decode to the raw reply, one log-prob per token."""
     settings = PromptSettings(history_window=0, action_match="admissible")
     env_factory = lambda: CorridorEnv([2], VARIATIONS, max_steps=4)  # noqa: E731
-    worker = RolloutWorker(0, HFEngineOf(smollm2_dir), env_factory, smollm2_dir, 4, Sampling(max_tokens=16), settings, 2048)
+    worker = RolloutWorker(0, HFFactory(smollm2_dir), env_factory, smollm2_dir, 4, Sampling(max_tokens=16), settings, 2048)
     episodes = worker.run([EpisodeSpec("corridor-2", v, seed=v) for v in range(8)])
     tokenizer = worker.tokenizer
     worker.close()
