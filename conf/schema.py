@@ -115,7 +115,7 @@ class LearnerConfig:
 
 @dataclass
 class RewardConfig:
-    """The reward pool (MISE.md): r_t = env_reward_t + dense_weight * dense_t."""
+    """The reward pool (docs/mise.md): r_t = env_reward_t + dense_weight * dense_t."""
 
     mode: str = "env"  # env: sparse env reward only | prm: + r_SE (uncalibrated) | mise: + calibrated r_SE, r_MI, and r_C
     dense_weight: float = 1.0  # lambda

@@ -42,7 +42,7 @@ class Step:
 
 @dataclass
 class SelfEvaluation:
-    """The evaluator's hindsight judgement of one episode (reward pool, MISE.md "The three dense signals")."""
+    """The evaluator's hindsight judgement of one episode (reward pool, docs/mise.md "The three dense signals")."""
 
     evaluator_version: int  # adapter version that judged (0 = base model)
     step_yes: list[float]  # p_t = P(Yes) / (P(Yes) + P(No)) for "did step t help?", one per step

@@ -1,4 +1,4 @@
-"""Advantages as plain functions over tensors (MISE.md, "Advantages and loss").
+"""Advantages as plain functions over tensors (docs/mise.md, "Advantages and loss").
 
 Episode level (GRPO): ``A_i = (R_i - mean_G) / (std_G + eps)`` over the G rollouts of one (task, variation).
 Step level (GiGPO-shaped): the discounted return of the per-step rewards, normalised over the batch.

@@ -1,4 +1,4 @@
-"""The policy loss as a plain function over token tensors (MISE.md, "Advantages and loss").
+"""The policy loss as a plain function over token tensors (docs/mise.md, "Advantages and loss").
 
 Token-level clipped policy gradient against the stored sampling log-probs (PPO-clip, GRPO family),
 with dual-clip truncation of the importance weight (Ye et al. 2020) and a KL penalty to the reference

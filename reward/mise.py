@@ -1,4 +1,4 @@
-"""The MISE reward math as plain functions (MISE.md); the reward stage wires them to the evaluator.
+"""The MISE reward math as plain functions (docs/mise.md); the reward stage wires them to the evaluator.
 
 Dense signals per step t of an episode with outcome R (in [0, 1]) and completion z (0 or 1):
 - self-evaluation ("PRM"):   r_SE_t = log max(p_t, eps),  p_t = P(Yes) / (P(Yes) + P(No))

@@ -1,4 +1,4 @@
-"""The reward stage: between the rollout actors and the learner queue (MISE.md, "Reward actually used").
+"""The reward stage: between the rollout actors and the learner queue (docs/mise.md, "The reward the learner sees").
 
 One ``pump`` call is one learner step's batch: it hands the step's specs to the rollout actors
 (``actors.dispatch``: a dead actor's specs are issued again), sends the finished episodes in batches to
