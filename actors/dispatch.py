@@ -26,9 +26,8 @@ from ray.exceptions import (
 )
 from ray.util.queue import Empty, Queue
 
-from actors.rollout import EpisodeSpec
 from core.adapter import Published
-from core.episode import Episode
+from core.episode import Episode, EpisodeSpec
 from core.ledger import EpisodeLedger
 
 log = logging.getLogger(__name__)

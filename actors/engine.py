@@ -86,9 +86,7 @@ class AdapterVersions:
 
     def admit(self, adapter: AdapterWeights, max_rank: int) -> list[int]:
         if self.resident and adapter.version <= self.resident[-1]:
-            raise EngineError(
-                f"adapter version {adapter.version} is not newer than the latest resident version {self.resident[-1]}"
-            )
+            raise EngineError(f"adapter version {adapter.version} is not newer than the latest resident version {self.resident[-1]}")
         if adapter.rank > max_rank:
             raise EngineError(f"adapter version {adapter.version} has LoRA rank {adapter.rank} > engine max_lora_rank {max_rank}")
         evict = self.resident[: max(0, len(self.resident) + 1 - self.max_versions)]
@@ -103,16 +101,12 @@ class AdapterVersions:
     def check(self, versions: Sequence[int]) -> None:
         for version in set(versions):
             if version != 0 and version not in self.resident:
-                raise EngineError(
-                    f"policy version {version} is not loaded; resident: base (0) and {self.resident}"
-                )
+                raise EngineError(f"policy version {version} is not loaded; resident: base (0) and {self.resident}")
 
 
 def check_batch(prompts: Sequence[Sequence[int]], versions: Sequence[int], *others: Sequence) -> None:
     if len(versions) != len(prompts) or any(len(o) != len(prompts) for o in others):
-        raise EngineError(
-            f"batch lengths differ: {len(prompts)} prompts, {len(versions)} versions, {[len(o) for o in others]} others"
-        )
+        raise EngineError(f"batch lengths differ: {len(prompts)} prompts, {len(versions)} versions, {[len(o) for o in others]} others")
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise EngineError(f"prompt {i} of the batch is empty")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import uuid
 
 from actors.prompting import PromptSettings, build_messages, encode_prompt, history_entry
-from actors.rollout import EpisodeSpec
-from core.episode import Episode, Step
+from core.episode import Episode, EpisodeSpec, Step
 from envs.base import TextEnv
 
 EXPERT_VERSION = -1  # the policy_version of a demonstration's steps: no adapter of the run made them

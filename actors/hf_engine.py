@@ -146,9 +146,7 @@ class HFEngine:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def score(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]
-    ) -> list[list[float]]:
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]) -> list[list[float]]:
         check_batch(prompts, versions, continuations)
         results: list[list[float] | None] = [None] * len(prompts)
         for version, rows in self._by_version(versions).items():
@@ -161,9 +159,7 @@ class HFEngine:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def next_token_logprobs(
-        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]
-    ) -> list[list[float]]:
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]) -> list[list[float]]:
         check_batch(prompts, versions)
         if not candidates:
             raise EngineError("next_token_logprobs needs at least one candidate token id")

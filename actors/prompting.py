@@ -16,9 +16,7 @@ SYSTEM_PROMPT = (
     "one action: a short command on a single line, with no explanation."
 )
 # Wrappers a model puts around a command: "Action: ...", "> ...", a list marker, quotes or backticks.
-_PREFIX = re.compile(
-    r"^(?:(?:action|command|next action|your next action|answer)\s*:\s*|>\s*|[-*]\s+|\d+[.)]\s+)", re.IGNORECASE
-)
+_PREFIX = re.compile(r"^(?:(?:action|command|next action|your next action|answer)\s*:\s*|>\s*|[-*]\s+|\d+[.)]\s+)", re.IGNORECASE)
 _ACTION_TAG = re.compile(r"<action>(.*?)</action>", re.IGNORECASE | re.DOTALL)
 _FENCE = re.compile(r"^```[a-z]*$", re.IGNORECASE)  # a code-fence line (its language tag included)
 _QUOTES = "\"'`*"

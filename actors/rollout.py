@@ -13,32 +13,16 @@ import time
 import traceback
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import ray
 
 from actors.engine import InferenceEngine, Sampling
 from actors.prompting import PromptSettings, build_messages, encode_prompt, history_entry, parse_action
 from core.adapter import AdapterWeights, Published
-from core.episode import Episode, Step
+from core.episode import Episode, EpisodeSpec, Step
 from envs.base import EnvError, TextEnv
-
-
-@dataclass(frozen=True)
-class EpisodeSpec:
-    """What to play: a (task, variation) of a split. G specs with the same key form a GRPO group.
-
-    ``uid`` names the spec within a run (its attempts carry it). With a ``seed``, every turn samples
-    with a seed derived from it, so a resumed run plays the same episodes again (with vLLM whatever
-    else is batched with it; with the HF engine, given the same batch).
-    """
-
-    task: str
-    variation: int
-    split: str = "train"
-    uid: str = ""
-    seed: int | None = None
 
 
 def turn_seed(spec_seed: int | None, turn: int) -> int | None:
@@ -276,7 +260,9 @@ class RolloutWorker:
             start = time.perf_counter()
             env, action, invalid = slot.env, parsed.action, parsed.invalid_reason
             try:
-                result = call_with_timeout(lambda: env.step(action) if invalid is None else env.step_invalid(invalid), self.env_step_timeout_s)
+                result = call_with_timeout(
+                    lambda env=env, action=action, invalid=invalid: env.step(action) if invalid is None else env.step_invalid(invalid), self.env_step_timeout_s
+                )
             except Exception as exc:  # the env broke, died or hung mid-episode
                 finished.append(self._fail(slot, episode, "env_step_error", exc))
                 continue

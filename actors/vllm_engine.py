@@ -80,9 +80,7 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
 
         self.versions.check(versions)
-        return [
-            None if v == 0 else LoRARequest(f"v{v}", v, str(self.adapter_root / f"v{v}")) for v in versions
-        ]
+        return [None if v == 0 else LoRARequest(f"v{v}", v, str(self.adapter_root / f"v{v}")) for v in versions]
 
     def _run(self, prompts, versions, params) -> list:
         from vllm.inputs import TokensPrompt
@@ -118,9 +116,7 @@ class VLLMEngine:
             self.computed_tokens += len(request.prompt_token_ids) - (request.num_cached_tokens or 0) + len(ids)
         return generations
 
-    def score(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]
-    ) -> list[list[float]]:
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]) -> list[list[float]]:
         """Teacher-forced log-probs; a prompt prefix already in the prefix cache is not recomputed.
 
         vLLM skips the prefix cache for prompt log-probs by default, because cached positions get no
@@ -145,9 +141,7 @@ class VLLMEngine:
             results.append([request.prompt_logprobs[t][full[t]].logprob for t in range(len(prompt), len(full))])
         return results
 
-    def next_token_logprobs(
-        self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]
-    ) -> list[list[float]]:
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int], versions: Sequence[int]) -> list[list[float]]:
         """One decoding step per prompt that reports the candidates' log-probs (temperature 1, so the
         processed log-probs are the model's own); prompts sharing a prefix hit the prefix cache."""
         from vllm import SamplingParams

@@ -14,7 +14,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-
 ACTION_MATCH = ("exact", "admissible")  # rollout.action_match (actors/prompting.py)
 
 
@@ -309,8 +308,12 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(l.lora_rank <= g.max_lora_rank, "learner.lora_rank", l.lora_rank, f"at most engine.max_lora_rank={g.max_lora_rank}")
     _check(l.lora_alpha > 0, "learner.lora_alpha", l.lora_alpha, "a number > 0")
     _check(0 <= l.lora_dropout < 1, "learner.lora_dropout", l.lora_dropout, "in [0, 1)")
-    _check(len(l.target_modules) > 0 and "lm_head" not in l.target_modules, "learner.target_modules", l.target_modules,
-           "a non-empty list of linear layers; lm_head is not supported (vLLM drops its delta from prompt log-probs)")
+    _check(
+        len(l.target_modules) > 0 and "lm_head" not in l.target_modules,
+        "learner.target_modules",
+        l.target_modules,
+        "a non-empty list of linear layers; lm_head is not supported (vLLM drops its delta from prompt log-probs)",
+    )
     _check(l.lr > 0, "learner.lr", l.lr, "a number > 0")
     _check(l.weight_decay >= 0, "learner.weight_decay", l.weight_decay, "a number >= 0")
     _check(l.grad_clip > 0, "learner.grad_clip", l.grad_clip, "a number > 0")
@@ -378,7 +381,9 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
 def _check_training(cfg: Config) -> None:
     """Rules a config must satisfy to train; rollout and evaluation jobs may sample greedily or with top-p."""
     r, l, w = cfg.rollout, cfg.learner, cfg.reward
-    _check(r.temperature > 0, "rollout.temperature", r.temperature, "a number > 0 for training (it samples its actions; 0 = greedy is for launch.rollout/evaluate)")
+    _check(
+        r.temperature > 0, "rollout.temperature", r.temperature, "a number > 0 for training (it samples its actions; 0 = greedy is for launch.rollout/evaluate)"
+    )
     # Both engines report the log-prob of a sampled token after top-p has renormalised the kept tokens;
     # the learner recomputes it over the whole vocabulary, so every importance ratio would be biased.
     _check(r.top_p == 1.0, "rollout.top_p", r.top_p,
@@ -387,7 +392,8 @@ def _check_training(cfg: Config) -> None:
     if cfg.mode == "async":
         # Batch s+1 is generated while the learner trains on batch s, i.e. before version s+1 exists.
         _check(l.staleness >= 1, "learner.staleness", l.staleness,
-               "an integer >= 1 when mode=async (the next batch is generated on the version before the publish; with 0 every batch would be dropped as stale)")  # fmt: skip
+               "an integer >= 1 when mode=async (the next batch is generated on the version before the publish; "
+               "with 0 every batch would be dropped as stale)")  # fmt: skip
     if w.mode == "mise" and w.calibration_weight > 0 and w.evaluator == "policy":
         # The evaluator's answer log-probs are read at temperature 1; the learner recomputes at the rollout's.
         _check(r.temperature == 1.0, "rollout.temperature", r.temperature,
@@ -396,4 +402,3 @@ def _check_training(cfg: Config) -> None:
 
 def _is_core_list(text: str) -> bool:
     return all(p.isdigit() or (p.count("-") == 1 and all(q.isdigit() for q in p.split("-"))) for p in text.split(","))
-

@@ -70,13 +70,17 @@ class AdapterWeights:
         config_file, weights_file = directory / "adapter_config.json", directory / "adapter_model.safetensors"
         for path in (config_file, weights_file):
             if not path.is_file():
-                raise CheckpointError(f"{directory} is not a PEFT adapter folder: {path.name} is missing (expected adapter_config.json and adapter_model.safetensors)")
+                raise CheckpointError(
+                    f"{directory} is not a PEFT adapter folder: {path.name} is missing (expected adapter_config.json and adapter_model.safetensors)"
+                )
         try:
             config = json.loads(config_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{config_file} is not valid JSON ({exc}); the checkpoint is damaged") from exc
         if config.get("peft_type") != "LORA" or "r" not in config:
-            raise CheckpointError(f"{config_file} describes peft_type={config.get('peft_type')!r}; only LoRA adapters (peft_type 'LORA' with a rank r) can be loaded")
+            raise CheckpointError(
+                f"{config_file} describes peft_type={config.get('peft_type')!r}; only LoRA adapters (peft_type 'LORA' with a rank r) can be loaded"
+            )
         try:
             tensors = load_file(str(weights_file))
         except Exception as exc:  # safetensors raises its own error types for truncated or foreign files

@@ -14,6 +14,22 @@ from typing import Any, Literal
 EpisodeStatus = Literal["running", "finished", "failed"]
 
 
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What to play: a (task, variation) of a split. G specs with the same key form a GRPO group.
+
+    ``uid`` names the spec within a run (its attempts carry it). With a ``seed``, every turn samples
+    with a seed derived from it, so a resumed run plays the same episodes again (with vLLM whatever
+    else is batched with it; with the HF engine, given the same batch).
+    """
+
+    task: str
+    variation: int
+    split: str = "train"
+    uid: str = ""
+    seed: int | None = None
+
+
 @dataclass
 class Step:
     """One turn: the prompt the policy saw, what it sampled, and what the environment answered."""
@@ -35,9 +51,7 @@ class Step:
 
     def __post_init__(self) -> None:
         if len(self.action_ids) != len(self.action_logprobs):
-            raise ValueError(
-                f"step has {len(self.action_ids)} action ids but {len(self.action_logprobs)} logprobs"
-            )
+            raise ValueError(f"step has {len(self.action_ids)} action ids but {len(self.action_logprobs)} logprobs")
 
 
 @dataclass

@@ -31,9 +31,7 @@ def _make_env(cfg) -> TextEnv:
     if cfg.name == "scienceworld":
         from envs.scienceworld import ScienceWorldEnv
 
-        return ScienceWorldEnv(
-            list(cfg.tasks), cfg.simplification, cfg.max_steps, dict(cfg.step_caps), cfg.jvm_heap_mb, list(cfg.jvm_options)
-        )
+        return ScienceWorldEnv(list(cfg.tasks), cfg.simplification, cfg.max_steps, dict(cfg.step_caps), cfg.jvm_heap_mb, list(cfg.jvm_options))
     raise EnvError(f"env.name={cfg.name!r} is not a known environment; valid: corridor, textworld, scienceworld")
 
 

@@ -113,14 +113,10 @@ class TextEnv(abc.ABC):
         check_split(split)
         valid_tasks = self.tasks(split)
         if task not in valid_tasks:
-            raise EnvError(
-                f"unknown task {task!r} for env {self.name!r} split {split!r}; valid tasks: {', '.join(valid_tasks)}"
-            )
+            raise EnvError(f"unknown task {task!r} for env {self.name!r} split {split!r}; valid tasks: {', '.join(valid_tasks)}")
         n = self.num_variations(task, split)
         if not isinstance(variation, int) or not 0 <= variation < n:
-            raise EnvError(
-                f"variation {variation!r} out of range for task {task!r} split {split!r}: valid 0..{n - 1}"
-            )
+            raise EnvError(f"variation {variation!r} out of range for task {task!r} split {split!r}: valid 0..{n - 1}")
         goal, observation, score = self._reset(task, variation, split)
         self.num_steps, self.score = 0, score
         self.done = self.won = self.lost = False
@@ -143,9 +139,7 @@ class TextEnv(abc.ABC):
 
     def _check_running(self, action: str) -> None:
         if self.done:
-            raise EnvError(
-                f"env {self.name!r} got action {action!r} after the episode ended; call reset() first"
-            )
+            raise EnvError(f"env {self.name!r} got action {action!r} after the episode ended; call reset() first")
 
     def _clean(self, observation) -> str:
         observation, changed = clean_text(observation)

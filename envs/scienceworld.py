@@ -34,8 +34,7 @@ PINNED_VERSION = "1.2.3"
 if scienceworld.__version__ != PINNED_VERSION:
     # Task variations and object order differ between releases, so episodes (and scores) would too.
     raise ImportError(
-        f"scienceworld=={scienceworld.__version__} is installed but mise-rl pins scienceworld=={PINNED_VERSION}: "
-        f"pip install scienceworld=={PINNED_VERSION}"
+        f"scienceworld=={scienceworld.__version__} is installed but mise-rl pins scienceworld=={PINNED_VERSION}: pip install scienceworld=={PINNED_VERSION}"
     )
 
 # The simulator's answers to input it could not parse (InputParser and PythonInterface in the jar).
@@ -120,7 +119,7 @@ def _disable_nagle(gateway: JavaGateway) -> None:
         for connection in field.get(gateway.java_gateway_server):
             connection.getSocket().setTcpNoDelay(True)
     except Py4JError as exc:  # another py4j version: only large replies get slower
-        warnings.warn(f"could not set TCP_NODELAY on the ScienceWorld py4j connection ({exc}); replies over 8 KiB will take 40 ms more")
+        warnings.warn(f"could not set TCP_NODELAY on the ScienceWorld py4j connection ({exc}); replies over 8 KiB will take 40 ms more", stacklevel=2)
 
 
 def _stop_jvm(gateway: JavaGateway, process: subprocess.Popen, stderr: IO[bytes]) -> None:

@@ -46,9 +46,7 @@ class CookingSettings:
             elif part in FLAGS:
                 flags.append(part)
             else:
-                raise EnvError(
-                    f"bad TextWorld cooking task {task!r}: part {part!r} is not recipeN, takeN, goN or one of {FLAGS}"
-                )
+                raise EnvError(f"bad TextWorld cooking task {task!r}: part {part!r} is not recipeN, takeN, goN or one of {FLAGS}")
         missing = {"recipe", "take", "go"} - numbers.keys()
         if missing:
             raise EnvError(f"bad TextWorld cooking task {task!r}: missing {sorted(missing)} (e.g. recipe1+take1+go1)")
@@ -155,7 +153,12 @@ class TextWorldCookingEnv(TextEnv):
         path = ensure_game(self.cache_dir, task, split, variation)
         self.close()
         infos = self._textworld.EnvInfos(
-            admissible_commands=True, max_score=True, won=True, lost=True, objective=True, score=True,
+            admissible_commands=True,
+            max_score=True,
+            won=True,
+            lost=True,
+            objective=True,
+            score=True,
             extras=["walkthrough"],
         )
         self._game = self._textworld.start(str(path), request_infos=infos)

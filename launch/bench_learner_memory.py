@@ -42,15 +42,32 @@ def synthetic_episodes(rng: random.Random, count: int, vocab: int, step: int, ve
             turns.append(
                 Step(
                     prompt_ids=[rng.randrange(vocab) for _ in range(rng.randint(100, 500))],
-                    action_ids=action, action_logprobs=[-rng.uniform(0.1, 3.0) for _ in action], reply_text="", action="look",
-                    invalid_reason=None, observation="", env_reward=0.0, policy_version=version, step_reward=rng.uniform(-1, 1),
+                    action_ids=action,
+                    action_logprobs=[-rng.uniform(0.1, 3.0) for _ in action],
+                    reply_text="",
+                    action="look",
+                    invalid_reason=None,
+                    observation="",
+                    env_reward=0.0,
+                    policy_version=version,
+                    step_reward=rng.uniform(-1, 1),
                 )  # fmt: skip
             )
         success = rng.random() < 0.5
         episodes.append(
             Episode(
-                episode_id=f"s{step}-{i}", env="synthetic", task="t", variation=i // 2, split="train", goal="", first_observation="",
-                steps=turns, score=float(success), success=success, status="finished", spec_uid=f"s{step}-{i:03d}",
+                episode_id=f"s{step}-{i}",
+                env="synthetic",
+                task="t",
+                variation=i // 2,
+                split="train",
+                goal="",
+                first_observation="",
+                steps=turns,
+                score=float(success),
+                success=success,
+                status="finished",
+                spec_uid=f"s{step}-{i:03d}",
             )  # fmt: skip
         )
     return episodes
@@ -76,7 +93,12 @@ def measure(steps: int, episodes: int, model_dir: str, trim: bool) -> list[dict]
         learner.publish()
         assert metrics["trained_episodes"] == episodes, metrics
         samples.append({"step": step, "rss_mib": process.memory_info().rss / 2**20, "tokens": metrics["train_tokens"], "train_s": time.perf_counter() - start})
-        print(f"trim_memory={trim}: step {step:3d}: {metrics['train_tokens']:6d} tokens in {samples[-1]['train_s']:5.1f} s, RSS {samples[-1]['rss_mib']:6.0f} MiB", file=sys.stderr, flush=True)
+        print(
+            f"trim_memory={trim}: step {step:3d}: {metrics['train_tokens']:6d} tokens in {samples[-1]['train_s']:5.1f} s, "
+            f"RSS {samples[-1]['rss_mib']:6.0f} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
     return samples
 
 

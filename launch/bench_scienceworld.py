@@ -90,7 +90,10 @@ def compare(args, actions: list[str]) -> None:
     for key, label in (("stock", "package env.step loop"), ("fast", "adapter, fast step"), ("listing", "adapter, listing actions")):
         ratio = "" if key == "stock" else f"  {seconds['stock'] / seconds[key]:5.1f}x the package"
         print(f"  {label:26s} {steps / seconds[key]:8.1f} steps/s  ({1000 * seconds[key] / steps:6.1f} ms/step){ratio}")
-    print(f"  reset: package load() + reset() {1000 * reset_seconds['stock'] / args.episodes:.0f} ms, adapter reset() {1000 * reset_seconds['fast'] / args.episodes:.0f} ms")
+    print(
+        f"  reset: package load() + reset() {1000 * reset_seconds['stock'] / args.episodes:.0f} ms, "
+        f"adapter reset() {1000 * reset_seconds['fast'] / args.episodes:.0f} ms"
+    )
     print(f"  same observations as the package in every round: {same}")
 
 

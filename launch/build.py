@@ -13,8 +13,9 @@ import ray
 
 from actors.engine import Sampling, make_engine, split_cores
 from actors.prompting import PromptSettings
-from actors.rollout import EpisodeSpec, RolloutActor
+from actors.rollout import RolloutActor
 from conf.schema import Config, ConfigError, validate
+from core.episode import EpisodeSpec
 from core.paths import default_cache_dir
 from envs import make_env, variation_counts
 
@@ -89,11 +90,34 @@ class Role(NamedTuple):
 def roles(cfg: Config) -> list[Role]:
     """Every actor group of the run (no evaluators in ``env`` mode)."""
     groups = [
-        Role("rollout", "rollout actors", cfg.rollout.num_actors, cfg.rollout.num_cpus_per_actor, cfg.rollout.num_gpus_per_actor, "rollout.num_actors x rollout.num_{cpus,gpus}_per_actor"),
-        Role("learner", "learner ranks", cfg.learner.num_ranks, cfg.learner.num_cpus_per_rank, cfg.learner.num_gpus_per_rank, "learner.num_ranks x learner.num_{cpus,gpus}_per_rank"),
+        Role(
+            "rollout",
+            "rollout actors",
+            cfg.rollout.num_actors,
+            cfg.rollout.num_cpus_per_actor,
+            cfg.rollout.num_gpus_per_actor,
+            "rollout.num_actors x rollout.num_{cpus,gpus}_per_actor",
+        ),
+        Role(
+            "learner",
+            "learner ranks",
+            cfg.learner.num_ranks,
+            cfg.learner.num_cpus_per_rank,
+            cfg.learner.num_gpus_per_rank,
+            "learner.num_ranks x learner.num_{cpus,gpus}_per_rank",
+        ),
     ]
     if cfg.reward.mode != "env":
-        groups.append(Role("reward", "evaluator actors", cfg.reward.num_actors, cfg.reward.num_cpus_per_actor, cfg.reward.num_gpus_per_actor, "reward.num_actors x reward.num_{cpus,gpus}_per_actor"))
+        groups.append(
+            Role(
+                "reward",
+                "evaluator actors",
+                cfg.reward.num_actors,
+                cfg.reward.num_cpus_per_actor,
+                cfg.reward.num_gpus_per_actor,
+                "reward.num_actors x reward.num_{cpus,gpus}_per_actor",
+            )
+        )
     return groups
 
 
@@ -263,11 +287,12 @@ def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] 
         factory = _EngineFactory(cfg, model_dir, engine_threads(cfg, cfg.reward.num_actors, i), seed=cfg.seed + 1000 + i)
         evaluators.append(
             EvaluatorActor.options(
-                num_cpus=cfg.reward.num_cpus_per_actor, num_gpus=cfg.reward.num_gpus_per_actor, max_restarts=cfg.reward.max_restarts,
-                runtime_env={"env_vars": ACTOR_ENV_VARS}, **bundles(i),
-            ).remote(
-                factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len
-            )
+                num_cpus=cfg.reward.num_cpus_per_actor,
+                num_gpus=cfg.reward.num_gpus_per_actor,
+                max_restarts=cfg.reward.max_restarts,
+                runtime_env={"env_vars": ACTOR_ENV_VARS},
+                **bundles(i),
+            ).remote(factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len)
         )
     return evaluators
 

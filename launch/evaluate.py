@@ -22,18 +22,17 @@ import hydra
 import ray
 from omegaconf import DictConfig
 
-from actors.rollout import EpisodeSpec
 from conf.schema import Config, register
 from core.adapter import AdapterWeights, Published
-from core.episode import Episode
+from core.episode import Episode, EpisodeSpec
 from envs import variation_counts
 from launch.build import (
     begin_run,
     close_actors,
+    link_actor_logs,
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
-    link_actor_logs,
     start_ray,
     wait_until_ready,
 )
@@ -104,7 +103,8 @@ def main(dict_cfg: DictConfig) -> dict:
     (run_dir / "evaluation.json").write_text(json.dumps(table, indent=2))
     text = markdown(table)
     (run_dir / "evaluation.md").write_text(text)
-    print(f"\n{cfg.env.name} {cfg.evaluate.split}, {'adapter ' + cfg.evaluate.adapter if adapter else ('warm-started model ' + model_dir if cfg.model.warm_start else 'base model')}, "
+    policy = f"adapter {cfg.evaluate.adapter}" if adapter else (f"warm-started model {model_dir}" if cfg.model.warm_start else "base model")
+    print(f"\n{cfg.env.name} {cfg.evaluate.split}, {policy}, "
           f"{'greedy' if cfg.evaluate.greedy else 'sampled'}\n{text}ledger {table['ledger']}\nwall {table['wall_s']:.0f} s; run dir {run_dir}")  # fmt: skip
     return table
 

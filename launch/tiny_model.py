@@ -47,9 +47,7 @@ def corridor_prompt(tokenizer, env, settings) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
 
 
-def format_warm_start(
-    model_dir: str, out_dir: str | Path, length: int, settings, p_correct: float = 0.3, steps: int = 150, seed: int = 0
-) -> str:
+def format_warm_start(model_dir: str, out_dir: str | Path, length: int, settings, p_correct: float = 0.3, steps: int = 150, seed: int = 0) -> str:
     """Supervised warm start on corridor prompts: the reply is the optimal action with probability
     ``p_correct``, otherwise an admissible action drawn uniformly, then end of turn. The result replies
     in the right format and reads the observation a little, so it wins sometimes; how much better it

@@ -38,11 +38,11 @@ from launch.build import (
     begin_run,
     check_resources,
     episode_specs,
+    link_actor_logs,
     make_evaluators,
     make_rollout_actors,
     prepare_env_assets,
     resolve_model_dir,
-    link_actor_logs,
     start_ray,
     step_specs,
     unplaced,
@@ -116,9 +116,17 @@ def make_learners(cfg: Config, model_dir: str, bundles: Callable[[int], dict] = 
     world = cfg.learner.num_ranks
     ranks = []
     for rank in range(world):
-        env = {"MASTER_ADDR": host, "MASTER_PORT": str(store.port), "RANK": str(rank), "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank), "WORLD_SIZE": str(world)}
+        env = {
+            "MASTER_ADDR": host,
+            "MASTER_PORT": str(store.port),
+            "RANK": str(rank),
+            "LOCAL_RANK": "0" if cfg.learner.num_gpus_per_rank else str(rank),
+            "WORLD_SIZE": str(world),
+        }
         options = dict(num_cpus=cfg.learner.num_cpus_per_rank, num_gpus=cfg.learner.num_gpus_per_rank, runtime_env={"env_vars": env})
-        ranks.append(LearnerActor.options(**options, **bundles(rank)).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed, dtype or learner_dtype(cfg)))
+        ranks.append(
+            LearnerActor.options(**options, **bundles(rank)).remote(cfg.learner, model_dir, cfg.rollout.temperature, cfg.seed, dtype or learner_dtype(cfg))
+        )
     return ranks, store
 
 
@@ -433,7 +441,12 @@ def main(dict_cfg: DictConfig) -> dict:
         f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
         + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
         + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")
-        + (f"warning: {len(summary['no_spread_steps'])} of {summary['steps']} learner steps had {NO_SPREAD.split(':')[0]} (steps {summary['no_spread_steps']})\n" if summary["no_spread_steps"] else "")
+        + (
+            f"warning: {len(summary['no_spread_steps'])} of {summary['steps']} learner steps had {NO_SPREAD.split(':')[0]} "
+            f"(steps {summary['no_spread_steps']})\n"
+            if summary["no_spread_steps"]
+            else ""
+        )
         + f"ledger {summary['ledger']}\nrun dir {run_dir}"
     )
     return summary

@@ -241,9 +241,7 @@ class Learner:
         if objective == "imitation":
             loss, stats = imitation_loss(logprobs, batch["loss_mask"], normaliser)
         else:
-            loss, stats = policy_loss(
-                logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.loss_cfg, ref, normaliser
-            )
+            loss, stats = policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], self.loss_cfg, ref, normaliser)
         self.engine.backward(loss, scale_wrt_gas=False)  # normalised by the step's action tokens already
         stats["loss"] = loss.item() * normaliser / max(float(batch["loss_mask"].sum()), 1.0)
         return stats

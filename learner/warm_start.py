@@ -44,7 +44,10 @@ def recipe(cfg, base_dir: str) -> dict:
         "base": {"dir": str(base.resolve()), "weights": [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]},
         "env": {k: v for k, v in dataclasses.asdict(cfg.env).items() if k != "split"},
         "prompt": dataclasses.asdict(PromptSettings.from_rollout(cfg.rollout)),
-        "learner": {k: getattr(cfg.learner, k) for k in ("lora_rank", "lora_alpha", "lora_dropout", "target_modules", "micro_batch_tokens", "grad_clip", "bf16_autocast")},
+        "learner": {
+            k: getattr(cfg.learner, k)
+            for k in ("lora_rank", "lora_alpha", "lora_dropout", "target_modules", "micro_batch_tokens", "grad_clip", "bf16_autocast")
+        },
         "warm_start": dataclasses.asdict(cfg.warm_start),
         "dtype": cfg.model.dtype,
         "seed": cfg.seed,
@@ -85,7 +88,7 @@ def collect_demonstrations(cfg, base_dir: str, split: str, count: int) -> tuple[
 
     from actors.expert import demonstration, end_of_reply_ids
     from actors.prompting import PromptSettings
-    from actors.rollout import EpisodeSpec
+    from core.episode import EpisodeSpec
     from envs import make_env, variation_counts
 
     counts = variation_counts(cfg.env, (split,))[split]

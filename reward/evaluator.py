@@ -66,9 +66,7 @@ class SelfEvaluator:
         for i, plan in plans:
             episode, n_q, n_a = episodes[i], len(plan["questions"]), len(plan["actions"])
             try:
-                results[i] = self._judgement(
-                    episode, plan, answers[q_at : q_at + n_q], scored_with[a_at : a_at + n_a], scored_without[a_at : a_at + n_a]
-                )
+                results[i] = self._judgement(episode, plan, answers[q_at : q_at + n_q], scored_with[a_at : a_at + n_a], scored_without[a_at : a_at + n_a])
             except EvaluationError as error:
                 results[i] = str(error)
             q_at, a_at = q_at + n_q, a_at + n_a
@@ -87,9 +85,7 @@ class SelfEvaluator:
         lengths = [len(q) + 1 for q in plan["questions"]] + [len(p) + len(a) for p, a in zip(plan["with_hindsight"], plan["actions"])]
         longest = max(lengths)
         if longest >= self.max_model_len:
-            raise EvaluationError(
-                f"episode {episode.episode_id}: a hindsight prompt has {longest} tokens, over engine.max_model_len={self.max_model_len}"
-            )
+            raise EvaluationError(f"episode {episode.episode_id}: a hindsight prompt has {longest} tokens, over engine.max_model_len={self.max_model_len}")
         return plan
 
     def _judgement(self, episode: Episode, plan: dict, answers, scored_with, scored_without) -> SelfEvaluation:

@@ -22,10 +22,7 @@ _MARKER = "\u2063QUESTION\u2063"  # an invisible separator that no transcript co
 @dataclass(frozen=True)
 class HindsightSettings:
     max_observation_chars: int = 300  # per observation in the transcript
-    system_prompt: str = (
-        "You review, in hindsight, an episode of an agent playing a text game. Answer the question about "
-        "it with Yes or No."
-    )
+    system_prompt: str = "You review, in hindsight, an episode of an agent playing a text game. Answer the question about it with Yes or No."
     step_question: str = "Given how the episode went, did step {step} ({action}) move the agent toward the goal? Answer Yes or No."
     outcome_question: str = "Did the agent complete the task? Answer Yes or No."
     hindsight_header: str = "Hindsight: this is how the whole episode went."

@@ -23,10 +23,9 @@ import numpy as np
 import ray
 
 from actors.dispatch import RolloutDispatch
-from actors.rollout import EpisodeSpec
 from conf.schema import RewardConfig
 from core.adapter import Published
-from core.episode import AnswerSample, Episode, SelfEvaluation
+from core.episode import AnswerSample, Episode, EpisodeSpec, SelfEvaluation
 from core.ledger import EpisodeLedger
 from reward.hindsight import HindsightSettings
 from reward.mise import (
@@ -45,9 +44,7 @@ log = logging.getLogger(__name__)
 
 def hindsight_settings(cfg: RewardConfig) -> HindsightSettings:
     """The prompts of the config; a null prompt keeps the built-in one."""
-    overrides = {
-        k: getattr(cfg, k) for k in ("system_prompt", "step_question", "outcome_question", "hindsight_header") if getattr(cfg, k) is not None
-    }
+    overrides = {k: getattr(cfg, k) for k in ("system_prompt", "step_question", "outcome_question", "hindsight_header") if getattr(cfg, k) is not None}
     return HindsightSettings(max_observation_chars=cfg.max_observation_chars, **overrides)
 
 

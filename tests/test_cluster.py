@@ -81,8 +81,12 @@ def test_ray_job_submit_runs_the_training_job_on_a_running_cluster(ray_head, tin
 # (its ray.init and task options take the `+hydra.launcher.ray.*` form).
 LAUNCHERS = {
     "basic": ["ray.num_cpus=2"],
-    "ray": ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=4", "+hydra.launcher.ray.init.include_dashboard=false",
-            "+hydra.launcher.ray.remote.num_cpus=0"],  # fmt: skip
+    "ray": [
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init.num_cpus=4",
+        "+hydra.launcher.ray.init.include_dashboard=false",
+        "+hydra.launcher.ray.remote.num_cpus=0",
+    ],  # fmt: skip
 }
 
 

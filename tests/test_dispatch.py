@@ -12,8 +12,9 @@ import pytest
 from actors.dispatch import ACTOR_DIED, RolloutDispatch, RolloutPoolDead
 from actors.engine import Sampling
 from actors.prompting import PromptSettings
-from actors.rollout import EpisodeSpec, RolloutActor
+from actors.rollout import RolloutActor
 from core.adapter import Published
+from core.episode import EpisodeSpec
 from core.ledger import EpisodeLedger
 from envs.base import EnvError
 from envs.corridor import CorridorEnv
@@ -46,7 +47,9 @@ class HFTiny:
 
 def actors(model_dir: str, count: int, max_restarts: int) -> list:
     return [
-        RolloutActor.options(num_cpus=0, max_restarts=max_restarts).remote(i, HFTiny(model_dir), SlowCorridor, model_dir, 2, Sampling(max_tokens=8), PROMPT, 2048)
+        RolloutActor.options(num_cpus=0, max_restarts=max_restarts).remote(
+            i, HFTiny(model_dir), SlowCorridor, model_dir, 2, Sampling(max_tokens=8), PROMPT, 2048
+        )
         for i in range(count)
     ]
 

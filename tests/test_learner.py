@@ -8,8 +8,9 @@ import torch
 
 from actors.engine import Sampling
 from actors.prompting import PromptSettings
-from actors.rollout import EpisodeSpec, RolloutWorker
+from actors.rollout import RolloutWorker
 from conf.schema import Config, EngineConfig, EnvConfig, LearnerConfig, ModelConfig, RolloutConfig
+from core.episode import EpisodeSpec
 from envs.corridor import CorridorEnv
 
 pytestmark = pytest.mark.slow
@@ -131,9 +132,7 @@ def test_the_learner_can_hold_the_base_in_bf16_with_lora_and_adam_in_float32(ray
 
     from ray.util.queue import Queue
 
-    from launch.train import make_learners
-
-    from launch.train import learner_dtype
+    from launch.train import learner_dtype, make_learners
 
     cfg = learner_config(warm_model_dir)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"), learner=dataclasses.replace(cfg.learner, bf16_autocast=True))

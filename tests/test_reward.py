@@ -11,8 +11,9 @@ import pytest
 
 from actors.engine import Sampling
 from actors.prompting import PromptSettings
-from actors.rollout import EpisodeSpec, RolloutWorker
+from actors.rollout import RolloutWorker
 from conf.schema import RewardConfig
+from core.episode import EpisodeSpec
 from envs.corridor import CorridorEnv
 from reward.evaluator import SelfEvaluator
 from reward.hindsight import HindsightSettings
@@ -230,10 +231,7 @@ def test_training_on_the_calibration_reward_makes_the_evaluator_more_right(ray_l
 
     judgements, before = judge()
     for _ in range(5):
-        answers_only = [
-            dataclasses.replace(e, steps=[], answer_samples=answer_samples(j, float(e.success), weight=1.0))
-            for e, j in zip(episodes, judgements)
-        ]
+        answers_only = [dataclasses.replace(e, steps=[], answer_samples=answer_samples(j, float(e.success), weight=1.0)) for e, j in zip(episodes, judgements)]
         ray_local.get(learner.train_step.remote(answers_only))
         evaluator.load_adapter(ray_local.get(learner.publish.remote()))
         judgements, after = judge()

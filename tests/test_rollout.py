@@ -9,7 +9,8 @@ import pytest
 
 from actors.engine import Sampling
 from actors.prompting import PromptSettings, build_messages
-from actors.rollout import EpisodeSpec, RolloutWorker
+from actors.rollout import RolloutWorker
+from core.episode import EpisodeSpec
 from envs.corridor import CorridorEnv
 from tests.helpers import final, ledger_of, random_adapter
 
@@ -166,10 +167,7 @@ def test_ray_actors_stream_episodes_and_tag_new_versions(ray_local, tiny_model_d
         def __call__(self):
             return make_engine(EngineConfig(kind="vllm", max_model_len=2048), tiny_model_dir, "float32", 2, 0, "0")
 
-    actors = [
-        RolloutActor.options(num_cpus=1).remote(i, VLLMTiny(), corridor, tiny_model_dir, 2, Sampling(max_tokens=8), PROMPT, 2048)
-        for i in range(2)
-    ]
+    actors = [RolloutActor.options(num_cpus=1).remote(i, VLLMTiny(), corridor, tiny_model_dir, 2, Sampling(max_tokens=8), PROMPT, 2048) for i in range(2)]
     queue = Queue(maxsize=4)  # smaller than the episode count: back-pressure on the actors
     specs = [EpisodeSpec("corridor-3", v) for v in range(4)]
     counts = [a.stream.remote(specs[i::2], queue) for i, a in enumerate(actors)]

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conf.schema import ConfigError, register, validate
-from envs import make_env, variation_counts
+from envs import variation_counts
 from envs.base import EnvError
 from envs.scienceworld import ScienceWorldEnv
 from tests.helpers import final, ledger_of
@@ -246,8 +246,9 @@ class JVMKilledMidEpisode(ScienceWorldEnv):
 def test_a_jvm_killed_mid_episode_is_replaced_and_the_episode_replayed(tiny_model_dir):
     from actors.engine import Sampling
     from actors.prompting import PromptSettings
-    from actors.rollout import EpisodeSpec, RolloutWorker
-    from tests.test_reward import HFFactory
+    from actors.rollout import RolloutWorker
+    from core.episode import EpisodeSpec
+    from tests.helpers import HFFactory
 
     JVMKilledMidEpisode.instances = 0
     before = gateway_jvms()

@@ -10,8 +10,9 @@ from hydra import compose, initialize_config_dir
 from actors.engine import Sampling
 from actors.expert import end_of_reply_ids, replay
 from actors.prompting import PromptSettings
-from actors.rollout import EpisodeSpec, RolloutWorker
+from actors.rollout import RolloutWorker
 from conf.schema import register, validate
+from core.episode import EpisodeSpec
 from envs.corridor import CorridorEnv
 from tests.helpers import HFFactory
 
@@ -36,7 +37,9 @@ def test_a_demonstration_has_the_prompt_ids_a_rollout_actor_builds(warm_model_di
     assert played, "no episode of 3+ valid steps to compare"
     tokenizer, env = AutoTokenizer.from_pretrained(warm_model_dir), corridor()
     for episode in played:
-        demo = replay(env, tokenizer, settings, EpisodeSpec("corridor-2", episode.variation), [s.action for s in episode.steps], end_of_reply_ids(warm_model_dir))
+        demo = replay(
+            env, tokenizer, settings, EpisodeSpec("corridor-2", episode.variation), [s.action for s in episode.steps], end_of_reply_ids(warm_model_dir)
+        )
         assert [s.prompt_ids for s in demo.steps] == [s.prompt_ids for s in episode.steps]
         assert [s.observation for s in demo.steps] == [s.observation for s in episode.steps]
         assert (demo.success, demo.score) == (episode.success, episode.score)
@@ -85,8 +88,8 @@ def test_the_merged_model_gives_the_same_greedy_tokens_in_vllm_and_hf(warm_model
 
     from actors.hf_engine import HFEngine
     from actors.vllm_engine import VLLMEngine
-    from learner.warm_start import ensure_warm_start
     from launch.tiny_model import corridor_prompt
+    from learner.warm_start import ensure_warm_start
 
     merged = str(ensure_warm_start(warm_start_config(warm_model_dir, tmp_path, "warm_start.held_out=0"), warm_model_dir, quiet=True))
     tokenizer, env, settings = AutoTokenizer.from_pretrained(merged), CorridorEnv([2], VARIATIONS), PromptSettings(history_window=0)
