@@ -17,4 +17,4 @@ test: setup
 	$(PY) -m pytest $(ARGS)
 
 bench: setup
-	$(PY) -m launch.bench_generation $(ARGS)
+	$(PY) -m benchmarks.generation $(ARGS)

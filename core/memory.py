@@ -3,7 +3,7 @@
 A training step allocates and frees activations of new shapes every time (episodes differ in length).
 glibc's allocator keeps freed pages for reuse, and with ever-new shapes the process's resident memory
 climbs step after step: the learner grew from 4.0 to 6.5 GB over 20 steps of
-``python -m launch.bench_learner_memory``. ``malloc_trim`` once per step returns those pages.
+``python -m benchmarks.learner_memory``. ``malloc_trim`` once per step returns those pages.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark: generation tokens/s with every env's prompt in one batched call vs one env at a time.
 
-    python -m launch.bench_generation [--envs 8] [--max-tokens 24] [--repeats 3] [--engine vllm]
+    python -m benchmarks.generation [--envs 8] [--max-tokens 24] [--repeats 3] [--engine vllm]
 
 Prompts are real first-turn prompts of TextWorld cooking games. Decoding is greedy so both modes
 generate exactly the same tokens; the figure is the ratio of the two throughputs in one process.

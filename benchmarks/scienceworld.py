@@ -6,7 +6,7 @@ Plays the task's gold action sequence (from the package's gold-path generator) o
 2. aggregate steps/s of 1, 2, 4, 8 adapter envs, each played by its own thread (resets included);
 3. resident memory of each env's JVM (/proc VmRSS now and VmHWM peak).
 
-Prints figures; asserts nothing. ``python -m launch.bench_scienceworld --help`` lists the knobs.
+Prints figures; asserts nothing. ``python -m benchmarks.scienceworld --help`` lists the knobs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark: what the reward pool's self-evaluation costs per episode as episodes get longer.
 
-    python -m launch.bench_reward                      # embedded SmolLM2, vLLM engine
-    python -m launch.bench_reward --engine hf --lengths 5 10 20
+    python -m benchmarks.reward                      # embedded SmolLM2, vLLM engine
+    python -m benchmarks.reward --engine hf --lengths 5 10 20
 
 Episodes are real corridor games (a long corridor, random admissible moves, so every episode runs to
 its step cap) recorded with the policy's real prompts. For each length T it prints the tokens the

@@ -6,8 +6,8 @@ lengths vary from step to step, as agent episodes do, and records the RSS after 
 ``learner.trim_memory=true`` (freed heap pages go back to the OS after each step) and once without, each
 in a fresh process, on the same episodes.
 
-    python -m launch.bench_learner_memory                 # 12 steps of 4 episodes, both settings
-    python -m launch.bench_learner_memory --steps 30 --model-dir PATH
+    python -m benchmarks.learner_memory                 # 12 steps of 4 episodes, both settings
+    python -m benchmarks.learner_memory --steps 30 --model-dir PATH
 
 Prints the RSS after every step for both settings, the growth over each half of the steps, the peak and
 the training speed, and writes the samples to ``--out`` (JSON). Not part of the test suite (about 12
@@ -123,7 +123,7 @@ def main() -> None:
     runs = {}
     for setting in ("no-trim", "trim"):  # each in a fresh process: the allocator starts clean
         part = Path(f"{args.out}.{setting}")
-        command = [sys.executable, "-m", "launch.bench_learner_memory", "--only", setting, "--steps", str(args.steps),
+        command = [sys.executable, "-m", "benchmarks.learner_memory", "--only", setting, "--steps", str(args.steps),
                    "--episodes", str(args.episodes), "--model-dir", args.model_dir, "--out", str(part)]  # fmt: skip
         subprocess.run(command, check=True)
         runs[setting] = json.loads(part.read_text())

@@ -2,8 +2,8 @@
 the resident memory of every process of the run is sampled. The queues between the stages are bounded,
 so a slow learner must slow the rollouts down instead of piling episodes up: memory stays flat.
 
-    python -m launch.bench_soak                          # 30 min, learner.slow_down_s=60, async mode, 60 steps at most
-    python -m launch.bench_soak --minutes 10 -- env=corridor model=tiny_corridor engine=hf
+    python -m benchmarks.soak                          # 30 min, learner.slow_down_s=60, async mode, 60 steps at most
+    python -m benchmarks.soak --minutes 10 -- env=corridor model=tiny_corridor engine=hf
 
 Prints the peak RSS per role in the first 5 minutes and over the whole run, and writes every sample to
 ``<run dir>/soak.json``. Not part of the test suite (it runs for half an hour).
