@@ -298,7 +298,7 @@ def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
     wall_start = time.perf_counter()
     pipeline = Pipeline(cfg, model_dir)
     try:
-        wait_until_ready(pipeline.actors)  # bad input stops the run here, once
+        wait_until_ready(pipeline.actors + pipeline.evaluators)  # bad input stops the run here, once
         return train_loop(cfg, run_dir, pipeline, eval_specs, wall_start, resume_from)
     except RunStopped as error:
         last = last_checkpoint(run_dir)

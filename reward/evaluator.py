@@ -12,6 +12,7 @@ import math
 
 import ray
 
+from actors.rollout import SETUP_ERRORS, ActorSetupError
 from core.adapter import AdapterWeights, Published
 from core.episode import Episode, SelfEvaluation
 from reward.hindsight import HindsightPrompts, HindsightSettings
@@ -26,11 +27,23 @@ class SelfEvaluator:
     def __init__(self, engine_factory, model_dir: str, settings: HindsightSettings, follow_policy: bool, max_model_len: int) -> None:
         from transformers import AutoTokenizer
 
-        self.engine = engine_factory()
-        self.prompts = HindsightPrompts(AutoTokenizer.from_pretrained(model_dir), settings)
+        self.engine = None
+        self.setup_error: str | None = None
+        try:
+            self.engine = engine_factory()
+            self.prompts = HindsightPrompts(AutoTokenizer.from_pretrained(model_dir), settings)
+        except SETUP_ERRORS as error:  # the same on every retry: reported once (ready), never restarted
+            self.setup_error = f"{type(error).__name__}: {error}"
+            self.close()
         self.follow_policy = follow_policy
         self.max_model_len = max_model_len
         self.version = 0
+
+    def ready(self) -> bool:
+        """True once built; raises ``ActorSetupError`` if the constructor failed on bad input."""
+        if self.setup_error is not None:
+            raise ActorSetupError(f"evaluator could not start: {self.setup_error}")
+        return True
 
     def load_adapter(self, adapter: AdapterWeights) -> None:
         if self.follow_policy:
@@ -111,7 +124,8 @@ class SelfEvaluator:
         )
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
 
 EvaluatorActor = ray.remote(SelfEvaluator)

@@ -237,3 +237,33 @@ def test_training_on_the_calibration_reward_makes_the_evaluator_more_right(ray_l
         judgements, after = judge()
     print(f"evaluator Brier on {len(episodes)} outcomes: before {before:.3f}, after 5 steps {after:.3f}")
     assert evaluator.version == 5 and after < before - 0.02
+
+
+class MisconfiguredEngine:
+    """Fault injected on purpose: an engine factory that fails on its input, counting its calls."""
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+
+    def __call__(self):
+        with open(self.log, "a") as f:
+            f.write("built\n")
+        raise ValueError("engine.max_model_len=16 is below the model's shortest prompt")
+
+
+def test_a_bad_input_in_an_evaluator_constructor_is_reported_once_without_restarts(ray_local, tiny_model_dir, tmp_path):
+    """Before, Ray restarted the evaluator into the same error and every episode of the run was
+    silently degraded to env-only reward."""
+    from actors.rollout import ActorSetupError
+    from launch.build import wait_until_ready
+    from reward.evaluator import EvaluatorActor
+
+    log = tmp_path / "constructions"
+    doomed = [EvaluatorActor.options(num_cpus=0, max_restarts=3).remote(MisconfiguredEngine(str(log)), tiny_model_dir, HindsightSettings(), True, 2048)]
+    with pytest.raises(ActorSetupError) as error:
+        wait_until_ready(doomed)
+    message = str(error.value)
+    assert message.startswith("evaluator could not start: ValueError: engine.max_model_len=16"), message
+    assert "Traceback" not in message
+    time.sleep(2)  # a restart, if any, would build again meanwhile
+    assert log.read_text().count("built") == 1
