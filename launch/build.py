@@ -71,6 +71,7 @@ def link_actor_logs(run_dir: Path) -> Path | None:
     except AttributeError:  # not a local node (a client connection): the logs live on the cluster
         return None
     link = run_dir / "actor_logs"
+    run_dir.mkdir(parents=True, exist_ok=True)
     if not link.exists():
         link.symlink_to(logs, target_is_directory=True)
     return link

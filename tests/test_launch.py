@@ -145,3 +145,13 @@ def test_a_gpu_preset_on_a_machine_without_gpus_stops_with_what_is_missing(tiny_
     for role in ("rollout actors: 4 x 1", "learner ranks: 2 x 1", "evaluator actors: 2 x 1"):
         assert role in message
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_actor_logs_are_linked_into_a_run_dir_that_does_not_exist_yet(ray_local, tmp_path):
+    """``launch.train.run(cfg, run_dir)`` called from Python (not through Hydra, which makes the run
+    dir) stopped with FileNotFoundError while linking the actors' logs."""
+    from launch.build import link_actor_logs
+
+    link = link_actor_logs(tmp_path / "runs" / "new")
+    assert link is not None and link.is_symlink() and link.resolve().is_dir()
+    assert link_actor_logs(tmp_path / "runs" / "new") == link  # a second call keeps the link
