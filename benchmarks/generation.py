@@ -18,7 +18,7 @@ from conf.schema import EngineConfig, EnvConfig
 from core.paths import default_cache_dir
 from envs import make_env
 from envs.textworld_cooking import ensure_games
-from launch.prepare_model import ensure_embedded_model
+from pipeline.embedded_model import ensure_embedded_model
 
 
 def first_turn_prompts(tokenizer, count: int) -> list[list[int]]:

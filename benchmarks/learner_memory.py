@@ -78,8 +78,8 @@ def measure(steps: int, episodes: int, model_dir: str, trim: bool) -> list[dict]
     from transformers import AutoConfig
 
     from conf.schema import LearnerConfig
-    from launch.train import rendezvous_store
     from learner.learner import Learner
+    from learner.ranks import rendezvous_store
 
     store = rendezvous_store()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
@@ -113,7 +113,7 @@ def main() -> None:
     if args.steps < 4 or args.episodes < 2 or args.episodes % 2:
         parser.error(f"--steps={args.steps} --episodes={args.episodes}: use at least 4 steps and an even number of episodes >= 2")
     if args.model_dir is None:
-        from launch.prepare_model import ensure_embedded_model
+        from pipeline.embedded_model import ensure_embedded_model
 
         args.model_dir = str(ensure_embedded_model())
     if args.only:

@@ -5,7 +5,7 @@
 
 Same task (corridor-1 within 4 steps, the learning test's setting), same model (the tiny corridor
 model after its format-only warm start), same LoRA, learning rate, batch (32 episodes in groups of 4)
-and number of steps. The pipeline is ``launch.train.run``: Ray rollout actor serving the policy with
+and number of steps. The pipeline is ``pipeline.trainer.run``: Ray rollout actor serving the policy with
 vLLM, reward stage, queue, DeepSpeed learner, adapter publishing. The plain loop is a few dozen lines
 of torch + peft in one process: sample the current LoRA policy with HF ``generate`` at temperature 1,
 advantage = return - group mean, loss = -(advantage x log-prob) summed over action tokens / their
@@ -148,7 +148,7 @@ class PlainPolicy:
 
 
 def run_plain(cfg: Config) -> dict:
-    from launch.build import episode_specs, step_specs
+    from envs.specs import episode_specs, step_specs
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -167,7 +167,7 @@ def run_plain(cfg: Config) -> dict:
 
 
 def run_pipeline(cfg: Config, run_dir: Path) -> dict:
-    from launch.train import run
+    from pipeline.trainer import run
 
     summary = run(cfg, run_dir)
     ev = summary["evaluation"]
@@ -181,8 +181,8 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict:
 
 def warm_corridor_model(out: Path) -> str:
     """The learning test's model: a 2-layer random Llama with a format-only warm start on corridor-1."""
-    from launch.prepare_model import ensure_embedded_model
-    from launch.tiny_model import build_random_tiny, format_warm_start
+    from pipeline.embedded_model import ensure_embedded_model
+    from pipeline.tiny_model import build_random_tiny, format_warm_start
 
     tiny = build_random_tiny(str(ensure_embedded_model()), out / "tiny")
     return format_warm_start(tiny, out / "warm", length=1, settings=PromptSettings(history_window=0))

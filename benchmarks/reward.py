@@ -71,7 +71,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from launch.prepare_model import ensure_embedded_model
+    from pipeline.embedded_model import ensure_embedded_model
     from reward.evaluator import SelfEvaluator
     from reward.hindsight import HindsightSettings
 

@@ -41,7 +41,7 @@ class EnvConfig:
 @dataclass
 class ModelConfig:
     path: str | None = None  # a Hugging Face model directory; None = the built-in model ``builtin``
-    builtin: str = "smollm2"  # smollm2: the embedded SmolLM2-135M-Instruct | tiny-corridor: launch/tiny_model.py
+    builtin: str = "smollm2"  # smollm2: the embedded SmolLM2-135M-Instruct | tiny-corridor: pipeline/tiny_model.py
     dtype: str = "bfloat16"
     # A behaviour-cloned start (learner/warm_start.py): null = none | auto = clone this config's env's expert
     # demonstrations (built once, cached by what made it) | a merged model directory made by launch.warm_start
@@ -131,7 +131,7 @@ class RewardConfig:
     num_actors: int = 1  # evaluator actors, each with its own engine (same kind as the rollout's)
     num_cpus_per_actor: float = 0.0  # Ray CPUs reserved per evaluator; 0 shares the cores (engine.cpu_threads binds them)
     num_gpus_per_actor: float = 0.0  # GPU clusters: GPUs per evaluator engine (= engine.tensor_parallel_size)
-    max_restarts: int = 3  # Ray restarts a dead evaluator this often; its batch gets env-only reward meanwhile
+    max_restarts: int = 3  # Ray restarts a dead evaluator (its batch gets env-only reward) or reward stage this often
     batch_episodes: int = 4  # episodes per evaluator call
     timeout_s: float = 600.0  # an evaluator call slower than this degrades its episodes to env reward
     max_observation_chars: int = 300  # per observation in the hindsight transcript
@@ -162,7 +162,7 @@ class RayConfig:
 
 @dataclass
 class WandbConfig:
-    """Optional Weights & Biases logging beside metrics.jsonl and TensorBoard (launch/tracking.py)."""
+    """Optional Weights & Biases logging beside metrics.jsonl and TensorBoard (pipeline/tracking.py)."""
 
     mode: str = "disabled"  # disabled | offline (no account or network; `wandb sync` uploads later) | online
     project: str = "mise-rl"

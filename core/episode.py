@@ -98,7 +98,7 @@ class Episode:
     self_evaluation: SelfEvaluation | None = None  # filled by the reward pool in prm / mise mode
     answer_samples: list[AnswerSample] = field(default_factory=list)  # extra training tokens (r_C)
     reward_note: str | None = None  # why the episode got env-only reward in a dense mode (degraded)
-    spec_uid: str = ""  # the spec this is an attempt at (launch.build.step_specs names them)
+    spec_uid: str = ""  # the spec this is an attempt at (envs.specs.step_specs names them)
     retried: bool = False  # a failed attempt whose spec is being played again
 
     @property

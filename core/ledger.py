@@ -1,4 +1,4 @@
-"""Episode accounting, kept in one place for the whole run (the reward stage, which sees every episode).
+"""Episode accounting: the run keeps one ledger, on the driver (``pipeline.trainer.Pipeline``).
 
 An attempt is counted ``started`` when it is handed to a rollout actor; it ends ``finished`` or
 ``failed`` (by reason). A failed attempt whose spec is played again counts one ``retried`` and one more

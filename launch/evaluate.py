@@ -22,30 +22,17 @@ import hydra
 import ray
 from omegaconf import DictConfig
 
-from conf.schema import Config, register
+from actors.pool import close_actors, make_rollout_actors, wait_until_ready
+from conf.schema import register
 from core.adapter import AdapterWeights, Published
-from core.episode import Episode, EpisodeSpec
-from envs import variation_counts
-from launch.build import (
-    begin_run,
-    close_actors,
-    link_actor_logs,
-    make_rollout_actors,
-    prepare_env_assets,
-    resolve_model_dir,
-    start_ray,
-    wait_until_ready,
-)
-from launch.rollout import play
+from core.episode import Episode
+from envs.specs import evaluation_specs, prepare_env_assets
+from launch.rollout import coordinator, play
+from launch.run_dir import begin_run
+from pipeline.cluster import link_actor_logs, start_ray
+from pipeline.models import resolve_model_dir
 
 register()
-
-
-def evaluation_specs(cfg: Config) -> list[EpisodeSpec]:
-    """Variations 0..K-1 of the split for every task; a task with fewer variations plays all it has."""
-    k, split = cfg.evaluate.episodes_per_task, cfg.evaluate.split
-    counts = variation_counts(cfg.env, [split])[split]  # checks the env's limits here, for this split only
-    return [EpisodeSpec(task, v, split, uid=f"{task}-{v}") for task in cfg.env.tasks for v in range(min(k, counts[task]))]
 
 
 def results(episodes: list[Episode], tasks: list[str]) -> dict:
@@ -87,14 +74,16 @@ def main(dict_cfg: DictConfig) -> dict:
     link_actor_logs(run_dir)
     actors = make_rollout_actors(cfg, model_dir)
     wait_until_ready(actors)
-    # As in training: every stream call carries the version, so an actor Ray restarts mid-evaluation
-    # loads the adapter again before it plays (actors.rollout.RolloutWorker.catch_up).
+    # As in training: the coordinator's every stream call carries the version, so an actor Ray restarts
+    # mid-evaluation loads the adapter again before it plays (actors.rollout.RolloutWorker.catch_up).
+    rollouts = coordinator(cfg, actors)
     published = Published(adapter.version, [ray.put(adapter)]) if adapter is not None else None
+    rollouts.publish(published)
     with open(run_dir / "episodes.jsonl", "w") as out:
-        episodes, ledger, _ = play(cfg, actors, specs, out, published)
-    ledger.dropped["evaluation"] += sum(e.status == "finished" for e in episodes)  # played, never trained on
+        episodes, ledger, _ = play(rollouts, specs, out, evaluation=True)
     ledger.check(expect_idle=True)
     close_actors(actors)
+    rollouts.close()
     table = results(episodes, list(cfg.env.tasks))
     table.update(
         model=model_dir, adapter=cfg.evaluate.adapter, version=published.version if published else 0, env=cfg.env.name,

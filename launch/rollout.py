@@ -14,50 +14,51 @@ import json
 import time
 
 import hydra
-import ray
 from omegaconf import DictConfig
-from ray.util.queue import Queue
 from tqdm import tqdm
 
-from actors.dispatch import RolloutDispatch
+from actors.coordinator import RolloutCoordinator
+from actors.pool import close_actors, make_rollout_actors, wait_until_ready
 from actors.rollout import ThroughputStats
 from conf.schema import register
-from core.adapter import Published
 from core.episode import Episode
 from core.ledger import EpisodeLedger
-from launch.build import (
-    begin_run,
-    close_actors,
-    episode_specs,
-    link_actor_logs,
-    make_rollout_actors,
-    prepare_env_assets,
-    resolve_model_dir,
-    start_ray,
-    wait_until_ready,
-)
+from envs.specs import episode_specs, prepare_env_assets
+from launch.run_dir import begin_run
+from pipeline.cluster import link_actor_logs, start_ray
+from pipeline.models import resolve_model_dir
 
 register()
 
 
-def play(cfg, actors: list, specs: list, out_file, adapter: Published | None = None) -> tuple[list[Episode], EpisodeLedger, float]:
-    """Play the specs through the actors (a dead actor's specs are issued again, and a restarted actor
-    loads ``adapter`` first); write each final episode as it arrives. Returns (episodes, ledger, wall s)."""
-    queue = Queue(maxsize=4 * len(actors) * cfg.rollout.envs_per_actor)
+def play(rollouts: RolloutCoordinator, specs: list, out_file, evaluation: bool = False) -> tuple[list[Episode], EpisodeLedger, float]:
+    """Play the specs through the rollout coordinator (a dead actor's specs are issued again, and a
+    restarted actor loads the published version first); write each final episode as it arrives. With
+    ``evaluation`` the finished episodes count as dropped for evaluation. Returns (episodes, ledger, wall s)."""
     ledger = EpisodeLedger()
-    dispatch = RolloutDispatch(actors, queue, cfg.rollout.restart_timeout_s)
     start = time.perf_counter()
     episodes: list[Episode] = []
     with tqdm(total=len(specs), desc="episodes", unit="ep") as bar:
-        for episode in dispatch.play(specs, ledger, adapter):
+
+        def record(episode: Episode) -> None:
             episodes.append(episode)
             out_file.write(episode.to_json() + "\n")
             out_file.flush()  # a run that dies keeps every episode it played
             wins = sum(e.success for e in episodes)
             bar.set_postfix(success=f"{wins / len(episodes):.2f}", failed=sum(e.status == "failed" for e in episodes))
             bar.update()
-    queue.shutdown()
+
+        if evaluation:
+            rollouts.evaluate(specs, ledger, record)
+        else:
+            for episode in rollouts.play(specs, ledger):
+                record(episode)
     return episodes, ledger, time.perf_counter() - start
+
+
+def coordinator(cfg, actors: list) -> RolloutCoordinator:
+    """The rollout side of a job that only plays."""
+    return RolloutCoordinator(actors, 4 * len(actors) * cfg.rollout.envs_per_actor, cfg.rollout.restart_timeout_s)
 
 
 def summarize(episodes: list[Episode], ledger: EpisodeLedger, reports: list[dict], wall_s: float) -> dict:
@@ -96,12 +97,13 @@ def main(dict_cfg: DictConfig) -> dict:
     link_actor_logs(run_dir)
     actors = make_rollout_actors(cfg, model_dir)
     wait_until_ready(actors)
+    rollouts = coordinator(cfg, actors)
     with open(run_dir / "episodes.jsonl", "w") as out:
-        episodes, ledger, wall_s = play(cfg, actors, specs, out)
+        episodes, ledger, wall_s = play(rollouts, specs, out)
     ledger.check(expect_idle=False)
     if ledger.in_flight != 0 or ledger.started != len(episodes) + ledger.retried:
         raise RuntimeError(f"episode accounting does not balance: {ledger.as_dict()} for {len(episodes)} episodes received")
-    summary = summarize(episodes, ledger, ray.get([a.report.remote() for a in actors]), wall_s)
+    summary = summarize(episodes, ledger, rollouts.reports(), wall_s)
     ledger = summary["ledger"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
@@ -113,6 +115,7 @@ def main(dict_cfg: DictConfig) -> dict:
         f"ledger {ledger}\nrun dir {run_dir}"
     )
     close_actors(actors)
+    rollouts.close()
     return summary
 
 

@@ -16,8 +16,9 @@ import hydra
 from omegaconf import DictConfig
 
 from conf.schema import register
-from launch.build import base_model_dir, begin_run
+from launch.run_dir import begin_run
 from learner.warm_start import ensure_warm_start
+from pipeline.models import base_model_dir
 
 register()
 

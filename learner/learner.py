@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from conf.schema import LearnerConfig
-from core.adapter import AdapterWeights, CheckpointError
+from core.adapter import AdapterWeights, CheckpointError, Published
 from core.episode import Episode
 from core.memory import release_freed_memory
 from core.precision import compute_dtype
@@ -35,13 +35,13 @@ from learner.samples import (
 
 
 def join_process_group(device: torch.device) -> tuple[int, int]:
-    """Join the ranks' process group at the store the driver hosts (``launch.train.make_learners`` sets
+    """Join the ranks' process group at the store the driver hosts (``learner.ranks.make_learners`` sets
     the variables); DeepSpeed then wraps the group that exists. Returns (rank, world size)."""
     import deepspeed
 
     missing = [key for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE") if key not in os.environ]
     if missing:
-        raise RuntimeError(f"the learner needs {', '.join(missing)} in its environment: start ranks with launch.train.make_learners")
+        raise RuntimeError(f"the learner needs {', '.join(missing)} in its environment: start ranks with learner.ranks.make_learners")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
     backend = "gloo" if device.type == "cpu" else "nccl"
@@ -103,8 +103,6 @@ class Learner:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.version = 0
         self.step = 0
-        self.dropped_stale = 0
-        self.trained_episodes = 0
 
     # --- one learner step ----------------------------------------------------------------------
     def train_from_queue(self, queue, num_episodes: int) -> dict:
@@ -123,12 +121,10 @@ class Learner:
         start = time.perf_counter()
         fresh = [e for e in episodes if self.version - episode_version(e) <= self.cfg.staleness]
         stale = len(episodes) - len(fresh)
-        self.dropped_stale += stale
         samples, advantage_stats = self._samples(fresh)
         totals = self._optimizer_step(samples, objective="policy")
         action_tokens = sum(len(s.old_logprobs) for s in samples)
         self.step += 1
-        self.trained_episodes += len(fresh)
         if self.cfg.trim_memory:
             release_freed_memory()  # this step's activations: else RSS climbs with every new sequence length
         return {
@@ -262,6 +258,17 @@ class Learner:
         with self._gathered():
             return AdapterWeights.from_peft_model(self.engine.module, self.version)
 
+    def share(self, new_version: bool = True) -> Published | None:
+        """The policy version as the message the actors pull: ``publish`` (or, with ``new_version=False``,
+        ``current_adapter``), put into the object store once, by rank 0, which returns it; the other
+        ranks take part in the gather and return None. None also for version 0 (the base model)."""
+        adapter = self.publish() if new_version else self.current_adapter()
+        if self.rank != 0 or adapter is None:
+            return None
+        import ray
+
+        return Published(adapter.version, [ray.put(adapter)])
+
     def current_adapter(self) -> AdapterWeights | None:
         """The adapter of the current version, unchanged (a resumed run hands it to fresh actors)."""
         if self.version == 0:
@@ -286,7 +293,7 @@ class Learner:
                 self.engine.module.save_pretrained(directory / "adapter")
         self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state")
         if self.rank == 0:
-            state = {"step": self.step, "version": self.version, "dropped_stale": self.dropped_stale, "trained_episodes": self.trained_episodes}
+            state = {"step": self.step, "version": self.version}
             (directory / "learner_state.json").write_text(json.dumps(state))
         torch.save(rng_state(), directory / f"rng_rank{self.rank}.pt")
         return directory
@@ -318,7 +325,6 @@ class Learner:
             raise CheckpointError(f"DeepSpeed could not load the state in {directory / 'deepspeed'}")
         state = json.loads((directory / "learner_state.json").read_text())
         self.step, self.version = state["step"], state["version"]
-        self.dropped_stale, self.trained_episodes = state["dropped_stale"], state["trained_episodes"]
         set_rng_state(torch.load(directory / f"rng_rank{self.rank}.pt", weights_only=False))
         return state
 

@@ -1,17 +1,20 @@
-"""The reward stage: between the rollout actors and the learner queue (docs/mise.md, "The reward the learner sees").
+"""The reward stage: a consumer between the rollout side and the learner queue (docs/mise.md, "The
+reward the learner sees").
 
-One ``pump`` call is one learner step's batch: it hands the step's specs to the rollout actors
-(``actors.dispatch``: a dead actor's specs are issued again), sends the finished episodes in batches to
-the evaluator pool (reward actors, each with its own engine), turns the judgements into per-step
-rewards and puts the episodes into the learner queue. ``env`` mode passes the environment's rewards
-through unchanged. Every attempt of the batch is counted in the ledger the call returns.
+One ``consume`` call is one learner step's batch: it reads finished episodes from a queue until the end
+marker (``None``), sends them in batches to the evaluator pool (evaluator actors, each with its own
+engine), turns the judgements into per-step rewards and puts the episodes into the learner queue.
+``env`` mode passes the environment's rewards through unchanged. It plays nothing: rollouts are the
+rollout coordinator's (``actors.coordinator``).
 
-- One calibration state for the whole pool: the ridge maps are fitted before a batch (one ``pump``
-  call = one learner step) is scored, and the batch joins the fit's window only afterwards.
+- The stage holds only the calibration state, and the caller may hand it in with each call (the driver
+  does, and keeps the state each call returns): a stage that Ray restarts goes on with the same maps.
+  The ridge maps are fitted before a batch is scored, and the batch joins the fit's window only afterwards.
+- The policy version the evaluators judge with is an argument of each call, never state of the stage.
 - An evaluator call that fails (its actor died) or runs past ``reward.timeout_s`` degrades its episodes
   to env-only reward: counted, logged with the reason, never blocking the pipeline. Ray restarts a dead
-  evaluator (``reward.max_restarts``) and it catches up to the current adapter on its next call.
-- Failed episodes stop here (counted); they are never trained on.
+  evaluator (``reward.max_restarts``) and it catches up to the given adapter version on its next call.
+- Each call returns how many episodes it scored and degraded; the run's one ledger is the driver's.
 """
 
 from __future__ import annotations
@@ -22,11 +25,9 @@ import time
 import numpy as np
 import ray
 
-from actors.dispatch import RolloutDispatch
 from conf.schema import RewardConfig
 from core.adapter import Published
-from core.episode import AnswerSample, Episode, EpisodeSpec, SelfEvaluation
-from core.ledger import EpisodeLedger
+from core.episode import AnswerSample, Episode, SelfEvaluation
 from reward.hindsight import HindsightSettings
 from reward.mise import (
     RidgeCalibrator,
@@ -58,42 +59,26 @@ def answer_samples(judgement: SelfEvaluation, z: float, weight: float) -> list[A
 
 
 class RewardStage:
-    def __init__(self, cfg: RewardConfig, evaluators: list | None = None, dispatch: RolloutDispatch | None = None) -> None:
+    def __init__(self, cfg: RewardConfig, evaluators: list | None = None) -> None:
         if cfg.mode != "env" and not evaluators:
             raise ValueError(f"reward.mode={cfg.mode!r} needs at least one evaluator actor (reward.num_actors >= 1)")
         self.cfg = cfg
         self.evaluators = evaluators or []
-        self.dispatch = dispatch
         self.calibrator = RidgeCalibrator(cfg.calibration_window, cfg.calibration_alpha, cfg.calibration_min_episodes)
-        self.ledger = EpisodeLedger()  # the current call's counts
-        self.adapter: Published | None = None
         self._next_evaluator = 0
 
-    # --- the pump: one learner step's worth of episodes ---------------------------------------
-    def pump(self, specs: list[EpisodeSpec], learner_queue, adapter: Published | None = None) -> dict:
-        """Play ``specs`` and forward the finished episodes, scored, to the learner queue. Returns
-        ``queued`` (how many went on), ``ledger`` (this batch's counts) and the step's reward metrics."""
-        return self.forward(self._play(specs, adapter), learner_queue)
+    def consume(self, episode_queue, learner_queue, adapter: Published | None = None, calibration: dict | None = None) -> dict:
+        """``forward`` the episodes of ``episode_queue`` up to its end marker (``None``)."""
+        return self.forward(_until_end(episode_queue), learner_queue, adapter, calibration)
 
-    def play(self, specs: list[EpisodeSpec], adapter: Published | None = None) -> tuple[list[Episode], EpisodeLedger]:
-        """Play ``specs`` for evaluation: the final episodes (never trained on) and their counts."""
-        episodes = list(self._play(specs, adapter))
-        self.ledger.dropped["evaluation"] += sum(e.status == "finished" for e in episodes)
-        return episodes, self._take_ledger()
-
-    def _play(self, specs: list[EpisodeSpec], adapter: Published | None):
-        if self.dispatch is None:
-            raise RuntimeError("this reward stage was built without rollout actors (dispatch=None)")
-        self.adapter = adapter
-        return self.dispatch.play(specs, self.ledger, adapter)
-
-    def _take_ledger(self) -> EpisodeLedger:
-        ledger, self.ledger = self.ledger, EpisodeLedger()
-        return ledger
-
-    def forward(self, episodes, learner_queue) -> dict:
-        """Score the finished ones of ``episodes`` (an iterable: scoring overlaps their arrival) into
-        the learner queue."""
+    def forward(self, episodes, learner_queue, adapter: Published | None = None, calibration: dict | None = None) -> dict:
+        """Score the finished ones of ``episodes`` (an iterable: scoring overlaps their arrival) into the
+        learner queue, judged by the evaluators at policy version ``adapter``. ``calibration`` (a
+        ``state_dict``) replaces the calibration state first. Returns ``queued``, ``scored`` and
+        ``degraded`` (counts), ``self_eval`` ((q, z) per judged episode), ``calibration`` (the state
+        after this batch) and the batch's reward metrics."""
+        if calibration is not None:
+            self.load_state_dict(calibration)
         batch = _BatchRecord(self.calibrator.maps() if self.cfg.mode != "env" else {})
         pending: dict[ray.ObjectRef, tuple[list[Episode], float]] = {}
         waiting: list[Episode] = []
@@ -105,21 +90,28 @@ class RewardStage:
                 continue
             waiting.append(episode)
             if len(waiting) >= self.cfg.batch_episodes:
-                pending[self._submit(waiting)] = (waiting, time.monotonic())
+                pending[self._submit(waiting, adapter)] = (waiting, time.monotonic())
                 waiting = []
             self._collect(pending, batch, learner_queue, block=False)
         if waiting:
-            pending[self._submit(waiting)] = (waiting, time.monotonic())
+            pending[self._submit(waiting, adapter)] = (waiting, time.monotonic())
         while pending:
             self._collect(pending, batch, learner_queue, block=True)
         for key, features, outcome in batch.fit_rows:
             self.calibrator.add(key, features, outcome)
-        return {"queued": batch.forwarded, "ledger": self._take_ledger(), "self_eval": batch.judged(), **batch.metrics()}
+        return {
+            "queued": batch.forwarded,
+            "scored": batch.forwarded,
+            "degraded": batch.degraded,
+            "self_eval": batch.judged(),
+            "calibration": self.state_dict(),
+            **batch.metrics(),
+        }
 
-    def _submit(self, episodes: list[Episode]) -> ray.ObjectRef:
+    def _submit(self, episodes: list[Episode], adapter: Published | None) -> ray.ObjectRef:
         evaluator = self.evaluators[self._next_evaluator % len(self.evaluators)]
         self._next_evaluator += 1
-        return evaluator.evaluate.remote(episodes, self.adapter)
+        return evaluator.evaluate.remote(episodes, adapter)
 
     def _collect(self, pending: dict, batch: _BatchRecord, learner_queue, block: bool) -> None:
         """Forward every finished evaluator call; with ``block``, wait for one (or its deadline)."""
@@ -155,12 +147,9 @@ class RewardStage:
         if degraded is not None:
             log.warning("episode %s gets env-only reward: %s", episode.episode_id, degraded)
             episode.reward_note = degraded
-            self.ledger.degraded += 1
             batch.degraded += 1
         self.score(episode, batch)
         learner_queue.put(episode)
-        self.ledger.scored += 1
-        self.ledger.queued += 1
         batch.forwarded += 1
 
     # --- rewards ---------------------------------------------------------------------------------
@@ -205,14 +194,15 @@ class RewardStage:
     def load_state_dict(self, state: dict) -> None:
         self.calibrator.load_state(state["calibrator"])
 
-    def stats(self) -> dict:
-        deaths = self.dispatch.actor_deaths if self.dispatch else 0
-        failures = list(self.dispatch.failures)[-20:] if self.dispatch else []
-        return {"rollout_actor_deaths": deaths, "last_failures": failures}
+
+def _until_end(queue):
+    """The items of a ``ray.util.queue.Queue`` up to its end marker, ``None``."""
+    while (item := queue.get()) is not None:
+        yield item
 
 
 class _BatchRecord:
-    """What one pump call saw, for the step's metrics and the calibration window."""
+    """What one batch saw, for the step's metrics and the calibration window."""
 
     def __init__(self, maps: dict) -> None:
         self.maps = maps

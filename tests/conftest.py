@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
-    from launch.prepare_model import ensure_embedded_model
+    from pipeline.embedded_model import ensure_embedded_model
 
     return str(ensure_embedded_model())
 
@@ -17,16 +17,16 @@ def smollm2_dir() -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     """A 2-layer random Llama with SmolLM2's tokenizer and chat template: fast, and vLLM can serve it."""
-    from launch.tiny_model import build_random_tiny
+    from pipeline.tiny_model import build_random_tiny
 
     return build_random_tiny(smollm2_dir, tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def warm_model_dir(tmp_path_factory, tiny_model_dir) -> str:
-    """The tiny model after a format-only warm start on corridor prompts (launch.tiny_model)."""
+    """The tiny model after a format-only warm start on corridor prompts (pipeline.tiny_model)."""
     from actors.prompting import PromptSettings
-    from launch.tiny_model import format_warm_start
+    from pipeline.tiny_model import format_warm_start
 
     return format_warm_start(tiny_model_dir, tmp_path_factory.mktemp("tiny-warm"), length=1, settings=PromptSettings(history_window=0))
 

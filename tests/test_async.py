@@ -42,7 +42,7 @@ def test_an_async_run_trains_every_batch_one_version_behind_and_balances_the_led
 def test_a_step_that_trained_on_no_episode_stops_the_run_with_why():
     """mode=async with learner.staleness=0 (now refused by validate): every batch from step 2 on is
     dropped; the run used to 'succeed' having trained on nothing."""
-    from launch.train import NothingTrained, check_trained
+    from pipeline.trainer import NothingTrained, check_trained
 
     cfg = Config(mode="async", learner=LearnerConfig(staleness=0))
     check_trained(cfg, {"learner_step": 1, "episodes": 8, "trained_episodes": 8, "dropped_stale": 0, "policy_version": 0})

@@ -1,6 +1,6 @@
-"""Chaos: a training run during which a rollout actor, an evaluator (reward) actor and an environment's
-JVM are killed with SIGKILL at seeded random moments. The run must finish its steps, the ledger must
-balance, and every kill must show up in the counts."""
+"""Chaos: a training run during which a rollout actor, an evaluator (reward) actor, the reward stage and
+an environment's JVM are killed with SIGKILL at seeded random moments. The run must finish its steps,
+the ledger must balance, and every kill must show up in the counts."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def victims(kind: str, after: float) -> list[psutil.Process]:
         return actor_processes("RolloutWorker", after)
     if kind == "evaluator actor":
         return actor_processes("SelfEvaluator", after)
+    if kind == "reward stage":
+        return actor_processes("RewardStage", after)
     return [c for actor in actor_processes("RolloutWorker", after) for c in actor.children() if c.name() == "java"]  # env JVMs
 
 
@@ -48,7 +50,7 @@ def test_a_run_survives_killed_actors_and_envs_and_accounts_for_every_episode(ti
         "ray.num_cpus=4", f"run_dir={run_dir}",
     ]  # fmt: skip
     rng = random.Random(SEED)
-    schedule = [(kind, rng.uniform(0.5, 6.0)) for kind in rng.sample(["rollout actor", "evaluator actor", "env"], 3)]
+    schedule = [(kind, rng.uniform(0.5, 6.0)) for kind in rng.sample(["rollout actor", "evaluator actor", "reward stage", "env"], 4)]
     started = time.time() - 1
     driver = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = []
@@ -84,4 +86,7 @@ def test_a_run_survives_killed_actors_and_envs_and_accounts_for_every_episode(ti
     assert ledger["retried"] == sum(ledger["failed"].values())  # every failed attempt was played again
     assert ledger["dropped"].get("stale", 0) == 0  # restarted actors caught up to the current adapter
     assert ledger["degraded"] >= 1  # the evaluator's batch (or the next, while it restarted) kept env reward
+    # The reward stage's death (before, it stopped the run): Ray restarted it with the driver's calibration
+    # state, and a batch it died in was scored again (counted here when the kill fell inside a batch).
+    print(f"reward stage deaths noticed during a batch: {summary['reward_stage_restarts']}")
     assert (run_dir / "report" / "report.md").exists()

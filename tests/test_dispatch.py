@@ -137,8 +137,8 @@ class MisconfiguredEnv:
 def test_a_bad_input_in_an_actor_constructor_is_reported_once_without_restarts(ray_local, tiny_model_dir, tmp_path):
     """Before, Ray restarted the actor into the same error max_restarts times and the job died as
     RolloutPoolDead, its cause buried in a traceback chain."""
+    from actors.pool import wait_until_ready
     from actors.rollout import ActorSetupError
-    from launch.build import wait_until_ready
 
     log = tmp_path / "constructions"
     factory = MisconfiguredEnv(str(log))

@@ -136,7 +136,15 @@ def test_dockerignore_keeps_local_state_out_and_build_inputs_in():
     patterns = dockerignore_patterns()
     for local in (".git", ".venv", ".venv/bin/python", "runs/2026-01-01/x", ".pytest_cache", "core/__pycache__/x.pyc", "mise_rl.egg-info"):
         assert dockerignored(local, patterns), f"{local} would be sent to the Docker build"
-    for needed in ("pyproject.toml", "README.md", "launch/setup.sh", "launch/prepare_model.py", "conf/config.yaml", "core/paths.py"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "launch/setup.sh",
+        "launch/prepare_model.py",
+        "pipeline/embedded_model.py",
+        "conf/config.yaml",
+        "core/paths.py",
+    ):
         assert (ROOT / needed).exists(), needed
         assert not dockerignored(needed, patterns), f"{needed} is excluded by .dockerignore but the build needs it"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.prepare_model import GGUF_SHA256, _manifest_ok, find_gguf, sha256_of
+from pipeline.embedded_model import GGUF_SHA256, _manifest_ok, find_gguf, sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,9 +148,9 @@ def test_a_gpu_preset_on_a_machine_without_gpus_stops_with_what_is_missing(tiny_
 
 
 def test_actor_logs_are_linked_into_a_run_dir_that_does_not_exist_yet(ray_local, tmp_path):
-    """``launch.train.run(cfg, run_dir)`` called from Python (not through Hydra, which makes the run
+    """``pipeline.trainer.run(cfg, run_dir)`` called from Python (not through Hydra, which makes the run
     dir) stopped with FileNotFoundError while linking the actors' logs."""
-    from launch.build import link_actor_logs
+    from pipeline.cluster import link_actor_logs
 
     link = link_actor_logs(tmp_path / "runs" / "new")
     assert link is not None and link.is_symlink() and link.resolve().is_dir()

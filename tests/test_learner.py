@@ -50,7 +50,7 @@ def learner_config(model_dir, **learner) -> Config:
 def test_two_ranks_end_with_identical_adapters(ray_local, warm_model_dir, zero_stage):
     from ray.util.queue import Queue
 
-    from launch.train import make_learners
+    from learner.ranks import make_learners
 
     episodes = play(warm_model_dir, 16)
     ranks, rendezvous = make_learners(learner_config(warm_model_dir, num_ranks=2, zero_stage=zero_stage, micro_batch_tokens=256), warm_model_dir)
@@ -74,6 +74,11 @@ def test_two_ranks_end_with_identical_adapters(ray_local, warm_model_dir, zero_s
         assert tensor.numel() > 0 and torch.equal(tensor, adapters[1].tensors[name]), name
     lora_a = next(t for n, t in adapters[0].tensors.items() if "q_proj.lora_A" in n)
     assert tuple(lora_a.shape) == (8, 128)  # rank x hidden of the tiny model
+    # What the run publishes: rank 0 alone puts version 2 into the object store; the others only gather.
+    shared = ray_local.get([r.share.remote() for r in ranks])
+    assert shared[1] is None and shared[0].version == 2
+    fetched = shared[0].fetch()
+    assert fetched.version == 2 and fetched.tensors.keys() == adapters[0].tensors.keys()
     for r in ranks:
         ray_local.kill(r)
 
@@ -81,8 +86,8 @@ def test_two_ranks_end_with_identical_adapters(ray_local, warm_model_dir, zero_s
 def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_local, warm_model_dir, tmp_path):
     from ray.util.queue import Queue
 
-    from launch.build import make_rollout_actors
-    from launch.train import make_learners
+    from actors.pool import make_rollout_actors
+    from learner.ranks import make_learners
 
     cfg = learner_config(warm_model_dir)
     (learner,), rendezvous = make_learners(cfg, warm_model_dir)
@@ -132,7 +137,7 @@ def test_the_learner_can_hold_the_base_in_bf16_with_lora_and_adam_in_float32(ray
 
     from ray.util.queue import Queue
 
-    from launch.train import learner_dtype, make_learners
+    from learner.ranks import learner_dtype, make_learners
 
     cfg = learner_config(warm_model_dir)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"), learner=dataclasses.replace(cfg.learner, bf16_autocast=True))
@@ -154,7 +159,7 @@ def test_the_rendezvous_port_is_listening_before_any_rank_starts():
     could take it, and the rank died with EADDRINUSE)."""
     import socket
 
-    from launch.train import rendezvous_store
+    from learner.ranks import rendezvous_store
 
     store = rendezvous_store()
     with socket.socket() as other, pytest.raises(OSError, match="in use"):

@@ -19,7 +19,7 @@ MIN_GAIN = 0.15  # over the same episodes before training (measured: 0.24 -> 0.5
 
 def test_success_rate_rises_to_target_in_the_real_pipeline(ray_local, warm_model_dir, tmp_path):
     from benchmarks.reference_pg import learning_config
-    from launch.train import run
+    from pipeline.trainer import run
 
     cfg = learning_config(warm_model_dir, seed=0, steps=STEPS)
     summary = run(cfg, tmp_path)

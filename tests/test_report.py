@@ -1,4 +1,4 @@
-"""launch.report on small run dirs written here, shaped like launch.train's (5 learner steps, seeded values)."""
+"""pipeline.report on small run dirs written here, shaped like launch.train's (5 learner steps, seeded values)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch.report import reliability_bins, write_report
+from pipeline.report import reliability_bins, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,6 @@
 """Stop and resume: a run whose driver is killed after step 1 and resumed from its checkpoint ends with
-the same adapter as an uninterrupted run; a run whose learner or reward stage dies stops with its last
-checkpoint intact and prints the command that resumes it."""
+the same adapter as an uninterrupted run; a run whose learner dies, or whose reward stage dies with no
+restarts left, stops with its last checkpoint intact and prints the command that resumes it."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def start_and_kill(run_dir: Path, victim) -> subprocess.CompletedProcess:
+def start_and_kill(run_dir: Path, victim, *args: str) -> subprocess.CompletedProcess:
     """Start a run, wait for its step-1 checkpoint, then SIGKILL ``victim(driver_pid)``'s process."""
-    command = [sys.executable, "-m", "launch.train", *OVERRIDES, f"run_dir={run_dir}"]
+    command = [sys.executable, "-m", "launch.train", *OVERRIDES, *args, f"run_dir={run_dir}"]
     driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while not (run_dir / "checkpoints" / "step1").is_dir():
@@ -87,12 +87,15 @@ def test_a_killed_and_resumed_run_ends_with_the_same_adapter_as_an_uninterrupted
     assert metrics[1]["reward/dense_std"] > 0  # step 2 was scored with the calibration map restored from step 1
 
 
-@pytest.mark.parametrize("actor, who", [("Learner", "a learner rank"), ("RewardStage", "the reward stage")])
-def test_a_dead_learner_or_reward_stage_stops_the_run_with_its_last_checkpoint_and_the_resume_command(tmp_path, actor, who):
+@pytest.mark.parametrize(
+    "actor, who, args",
+    [("Learner", "a learner rank", ()), ("RewardStage", "the reward stage", ("reward.max_restarts=0",))],  # with restarts, see test_chaos
+)
+def test_a_dead_learner_or_reward_stage_stops_the_run_with_its_last_checkpoint_and_the_resume_command(tmp_path, actor, who, args):
     from core.adapter import AdapterWeights
 
     run_dir = tmp_path / "run"
-    result = start_and_kill(run_dir, victim=actor_pid(actor))
+    result = start_and_kill(run_dir, actor_pid(actor), *args)
     assert result.returncode != 0
     assert f"{who} died" in result.stderr and "The run stopped." in result.stderr
     last = run_dir / "checkpoints" / ("step2" if (run_dir / "checkpoints" / "step2").exists() else "step1")

@@ -110,12 +110,12 @@ def test_too_long_episodes_are_refused_not_truncated(evaluator, episodes):
     assert "over engine.max_model_len=300" in judgements[0] and tokens == 0
 
 
-def pump(stage, batch):
+def pump(stage, batch, **kwargs):
     """Score ``batch`` as one learner step's episodes; returns the step's result and the learner queue's content."""
     from ray.util.queue import Queue
 
     learner_q = Queue()
-    result = stage.forward(batch, learner_q)
+    result = stage.forward(batch, learner_q, **kwargs)
     return result, [learner_q.get() for _ in range(result["queued"])]
 
 
@@ -133,9 +133,10 @@ def test_env_mode_reproduces_env_rewards_exactly(ray_local, episodes):
 
 def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray_local, episodes, warm_model_dir):
     import ray
+    from ray.util.queue import Queue
 
     from reward.evaluator import EvaluatorActor
-    from reward.stage import RewardStage
+    from reward.stage import RewardStage, _BatchRecord
 
     cfg = RewardConfig(mode="mise", calibration_min_episodes=4, calibration_window=64, calibration_alpha=1e-3, batch_episodes=3)
     actor = EvaluatorActor.options(num_cpus=0).remote(VLLMFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
@@ -152,7 +153,14 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
 
     before = stage.calibrator.maps()["corridor"]
     assert before.num_episodes == 8
+    # The stage holds no state but this calibration: a new stage (a restarted one) handed the first
+    # batch's state scores the second batch's judgements exactly as the stage that saw the first batch.
+    restarted = RewardStage(cfg, [actor])
+    restarted.forward([], Queue(), calibration=metrics["calibration"])
     metrics, out = pump(stage, second)
+    for episode in out:
+        replayed = restarted.score(copy.deepcopy(episode), _BatchRecord(restarted.calibrator.maps()))
+        assert [s.step_reward for s in replayed.steps] == pytest.approx([s.step_reward for s in episode.steps])
     assert "calibration/r2_fit" in metrics and "calibration/r2_heldout" in metrics
     leaked = stage.calibrator.maps()["corridor"]  # now fitted on both batches
     assert leaked.num_episodes == 16
@@ -171,8 +179,7 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
     for episode in out:
         assert "evaluator failed" in episode.reward_note
         assert [s.step_reward for s in episode.steps] == [s.env_reward for s in episode.steps]
-    ledger = metrics["ledger"]
-    assert ledger.scored == ledger.queued == len(third) and ledger.degraded == len(third)
+    assert metrics["scored"] == metrics["queued"] == len(third) and metrics["degraded"] == len(third)
 
 
 def test_a_frozen_base_evaluator_trains_no_calibration_answers_into_the_policy(evaluator, episodes):
@@ -217,7 +224,7 @@ def test_training_on_the_calibration_reward_makes_the_evaluator_more_right(ray_l
     import dataclasses
 
     from conf.schema import Config, EnvConfig, LearnerConfig, ModelConfig
-    from launch.train import make_learners
+    from learner.ranks import make_learners
     from reward.stage import answer_samples
 
     cfg = Config(env=EnvConfig(name="corridor", tasks=["corridor-1"]), model=ModelConfig(path=warm_model_dir, dtype="float32"),
@@ -254,8 +261,8 @@ class MisconfiguredEngine:
 def test_a_bad_input_in_an_evaluator_constructor_is_reported_once_without_restarts(ray_local, tiny_model_dir, tmp_path):
     """Before, Ray restarted the evaluator into the same error and every episode of the run was
     silently degraded to env-only reward."""
+    from actors.pool import wait_until_ready
     from actors.rollout import ActorSetupError
-    from launch.build import wait_until_ready
     from reward.evaluator import EvaluatorActor
 
     log = tmp_path / "constructions"

@@ -179,7 +179,7 @@ def test_another_scienceworld_release_is_refused_at_import():
 
 
 def test_config_group_builds_the_env_the_actors_build():
-    from launch.build import _EnvFactory
+    from actors.pool import EnvFactory
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = validate(compose("config", overrides=["env=scienceworld", "rollout.show_admissible=false"]))
@@ -187,7 +187,7 @@ def test_config_group_builds_the_env_the_actors_build():
         corridor.env.step_caps = {"corridor-3": 4}
         with pytest.raises(ConfigError, match="env.step_caps"):
             validate(corridor)
-    env = _EnvFactory(cfg)()  # what rollout actors build
+    env = EnvFactory(cfg)()  # what rollout actors build
     try:
         assert env.tasks("train") == list(cfg.env.tasks) and env.simplification == "easy"
         assert not env.list_admissible  # the prompt will not show them, so they are never listed
@@ -200,8 +200,7 @@ def test_config_group_builds_the_env_the_actors_build():
 def test_variation_counts_are_per_task_checked_in_the_driver_for_the_splits_played():
     """The user's case: tasks with different counts, evaluating the test split. Before, every actor's
     env checked every split's count against every task and the run died as RolloutPoolDead."""
-    from launch.build import episode_specs
-    from launch.evaluate import evaluation_specs
+    from envs.specs import episode_specs, evaluation_specs
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         overrides = ["env=scienceworld", "env.tasks=[melt,identify-life-stages-1,chemistry-mix]", "evaluate.split=test", "evaluate.episodes_per_task=5"]

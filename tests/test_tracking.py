@@ -1,4 +1,4 @@
-"""launch.tracking: metrics.jsonl, TensorBoard and an offline W&B run, each read back."""
+"""pipeline.tracking: metrics.jsonl, TensorBoard and an offline W&B run, each read back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.tracking import RunLogger, WandbSettings
+from pipeline.tracking import RunLogger, WandbSettings
 
 STEPS = [{"success_rate": 0.25 * step, "loss": 1.0 / step, "reward/r_se_mean": -0.5, "policy_version": step - 1} for step in (1, 2, 3)]
 

@@ -88,8 +88,8 @@ def test_the_merged_model_gives_the_same_greedy_tokens_in_vllm_and_hf(warm_model
 
     from actors.hf_engine import HFEngine
     from actors.vllm_engine import VLLMEngine
-    from launch.tiny_model import corridor_prompt
     from learner.warm_start import ensure_warm_start
+    from pipeline.tiny_model import corridor_prompt
 
     merged = str(ensure_warm_start(warm_start_config(warm_model_dir, tmp_path, "warm_start.held_out=0"), warm_model_dir, quiet=True))
     tokenizer, env, settings = AutoTokenizer.from_pretrained(merged), CorridorEnv([2], VARIATIONS), PromptSettings(history_window=0)

@@ -94,7 +94,7 @@ def format_warm_start(model_dir: str, out_dir: str | Path, length: int, settings
 def ensure_tiny_corridor_model(length: int, history_window: int = 0, cache_dir: str | Path | None = None) -> Path:
     """The warm-started tiny model for corridors of ``length`` rooms, built once into the cache."""
     from actors.prompting import PromptSettings
-    from launch.prepare_model import ensure_embedded_model
+    from pipeline.embedded_model import ensure_embedded_model
 
     root = Path(cache_dir or default_cache_dir()) / "models"
     model_dir = root / f"tiny-corridor-{length}-h{history_window}"

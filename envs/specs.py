@@ -1,0 +1,49 @@
+"""The episodes a job plays: (task, variation, split) specs drawn from the env's variations, and the
+assets they need made ahead (TextWorld games)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from conf.schema import Config
+from core.episode import EpisodeSpec
+from core.paths import default_cache_dir
+from envs import variation_counts
+
+
+def episode_specs(cfg: Config, num_groups: int, split: str, seed: int, uid_prefix: str) -> list[EpisodeSpec]:
+    """``num_groups`` random (task, variation) pairs of ``split``, each repeated ``group_size`` times.
+    Each spec gets a uid (``<prefix>-<index>``) and its own sampling seed drawn from ``seed``."""
+    rng = random.Random(seed)
+    counts = variation_counts(cfg.env, [split])[split]  # checked in this process, before any actor
+    specs = []
+    for g in range(num_groups):
+        task = cfg.env.tasks[g % len(cfg.env.tasks)]
+        variation = rng.randrange(counts[task])
+        for _ in range(cfg.group_size):
+            specs.append(EpisodeSpec(task, variation, split, uid=f"{uid_prefix}-{len(specs):05d}", seed=rng.randrange(2**31)))
+    return specs
+
+
+def step_specs(cfg: Config, step: int) -> list[EpisodeSpec]:
+    """The training episodes of learner step ``step`` (a different draw of variations every step)."""
+    groups = cfg.learner.episodes_per_step // cfg.group_size
+    return episode_specs(cfg, groups, cfg.env.split, seed=cfg.seed * 100_003 + step, uid_prefix=f"step{step:05d}")
+
+
+def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec]) -> None:
+    """Generate the TextWorld games the specs need before actors ask for them (in parallel)."""
+    if cfg.env.name == "textworld":
+        from envs.textworld_cooking import ensure_games
+
+        cache = cfg.env.cache_dir or default_cache_dir()
+        ensure_games(cache, sorted({(s.task, s.split, s.variation) for s in specs}), workers=os.cpu_count() or 1)
+
+
+def evaluation_specs(cfg: Config) -> list[EpisodeSpec]:
+    """``launch.evaluate``'s episodes: variations 0..K-1 of the split for every task (a task with fewer
+    variations plays all it has)."""
+    k, split = cfg.evaluate.episodes_per_task, cfg.evaluate.split
+    counts = variation_counts(cfg.env, [split])[split]  # checks the env's limits here, for this split only
+    return [EpisodeSpec(task, v, split, uid=f"{task}-{v}") for task in cfg.env.tasks for v in range(min(k, counts[task]))]

@@ -1,0 +1,29 @@
+"""The reward pool's evaluator actors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from actors.pool import ACTOR_ENV_VARS, EngineFactory, engine_threads
+from conf.schema import Config
+from reward.evaluator import EvaluatorActor
+from reward.stage import hindsight_settings
+
+
+def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] | None = None) -> list:
+    """The reward pool's evaluator actors (none in ``env`` mode), each with an engine of the rollout's kind."""
+    if cfg.reward.mode == "env":
+        return []
+    evaluators = []
+    for i in range(cfg.reward.num_actors):
+        factory = EngineFactory(cfg, model_dir, engine_threads(cfg, cfg.reward.num_actors, i), seed=cfg.seed + 1000 + i)
+        evaluators.append(
+            EvaluatorActor.options(
+                num_cpus=cfg.reward.num_cpus_per_actor,
+                num_gpus=cfg.reward.num_gpus_per_actor,
+                max_restarts=cfg.reward.max_restarts,
+                runtime_env={"env_vars": ACTOR_ENV_VARS},
+                **(bundles(i) if bundles else {}),
+            ).remote(factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len)
+        )
+    return evaluators
