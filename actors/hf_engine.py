@@ -175,10 +175,16 @@ class HFEngine:
 
         The rows' common prefix runs once and its KV cache is shared by all rows (one episode asked many
         questions costs the episode once); the remainders run as one left-padded batch after it, in
-        chunks of about ``_CHUNK_TOKENS`` padded tokens.
+        chunks of about ``_CHUNK_TOKENS`` padded tokens. When the rows share much more than one common
+        prefix (several episodes in one call, or nested prefixes such as the hindsight prompts of
+        ``reward.hindsight``), they run one at a time in sorted order instead, each reusing the KV cache
+        of the previous row up to their common prefix: whichever runs fewer tokens.
         """
         prefix = _common_prefix_length(rows)
         prefix = min(prefix, *(len(r) - t for r, t in zip(rows, tails)))  # the needed positions come after it
+        order, reused = _chain(rows, tails)
+        if sum(len(r) for r in rows) - sum(reused) < _CHAIN_GAIN * (prefix + sum(len(r) - prefix for r in rows)):
+            return self._chained_tail_logprobs(rows, tails, version, order, reused)
         out: list[torch.Tensor] = []
         with self._model_for(version):
             cache = None
@@ -201,11 +207,42 @@ class HFEngine:
                 self.computed_tokens += sum(len(s) for s in suffixes)
         return out
 
+    def _chained_tail_logprobs(self, rows: list[list[int]], tails: list[int], version: int, order: list[int], reused: list[int]) -> list[torch.Tensor]:
+        """``_tail_logprobs`` one row at a time in ``order``, row ``order[k]`` reusing the first
+        ``reused[k]`` positions of the KV cache the previous row left."""
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        cache = None
+        with self._model_for(version):
+            for r, keep in zip(order, reused):
+                if keep == 0:
+                    cache = None
+                elif cache.get_seq_length() > keep:
+                    cache.crop(keep - cache.get_seq_length())  # a negative count drops that many positions
+                result = self.model(input_ids=torch.tensor([rows[r][keep:]]), past_key_values=cache, use_cache=True, logits_to_keep=tails[r])
+                cache = result.past_key_values
+                out[r] = torch.log_softmax(result.logits[0].float(), dim=-1)
+                self.computed_tokens += len(rows[r]) - keep
+        return out  # type: ignore[return-value]
+
     def close(self) -> None:
         pass
 
 
 _CHUNK_TOKENS = 8192
+_CHAIN_GAIN = 0.75  # run the rows one at a time only when that runs under 3/4 of the tokens
+
+
+def _chain(rows: Sequence[Sequence[int]], tails: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The rows in sorted order, and for each the positions it can take from the previous row's KV
+    cache (their common prefix, leaving its last ``tails`` positions to compute)."""
+    order = sorted(range(len(rows)), key=lambda r: list(rows[r]))
+    reused, previous = [], []
+    for r in order:
+        row = rows[r]
+        common = next((t for t, (a, b) in enumerate(zip(previous, row)) if a != b), min(len(previous), len(row)))
+        reused.append(min(common, len(row) - tails[r]))
+        previous = row
+    return order, reused
 
 
 def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
