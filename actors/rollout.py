@@ -285,6 +285,8 @@ class RolloutWorker:
                     command=parsed.command,
                     matched=parsed.matched,
                     reply_line=parsed.line,
+                    progress=result.info.get("progress"),
+                    score_delta=float(result.info.get("score_delta", result.reward)),
                 )
             )
             slot.history.append(history_entry(parsed.action, reply, result.observation))

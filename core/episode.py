@@ -48,6 +48,11 @@ class Step:
     command: str = ""  # the command as the reply wrote it (rollout.action_match=admissible may map it)
     matched: bool = False  # ``action`` is the admissible command that ``command`` most resembles
     reply_line: int = 0  # the reply's line the command came from (0: the first; later lines skip chatter)
+    # Ground truth the env knows about this step (never read by the policy or the reward): whether it
+    # brought the agent closer to winning (the expert's remaining plan got shorter, or it won; None where
+    # the env has no expert plan from every state), and the change of the env's own score.
+    progress: bool | None = None
+    score_delta: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.action_ids) != len(self.action_logprobs):
@@ -65,6 +70,7 @@ class SelfEvaluation:
     outcome_prompt_ids: list[int]  # the outcome question, to train the evaluator's answer on
     answer_ids: list[int]  # the [Yes, No] token ids
     answer_logprobs: list[float]  # log P(Yes), log P(No) over the full vocabulary
+    progress_yes: list[float] = field(default_factory=list)  # q_t = P(will complete) before step t, t = 0..T (gain mode)
 
 
 @dataclass

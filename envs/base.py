@@ -100,6 +100,11 @@ class TextEnv(abc.ABC):
         """Actions the game accepts now, or None when the env does not enumerate them."""
         return None
 
+    def expert_distance(self) -> int | None:
+        """How many steps an expert needs to win from the current state, or None when the env cannot
+        tell from every state (it labels each step's ``progress``; see ``StepResult.info``)."""
+        return None
+
     def expert_actions(self, task: str, variation: int, split: str = "train") -> list[str]:
         """An expert's commands that solve (task, variation) from its reset (behaviour-cloning data).
         It may play the game to find them, so the current episode ends."""
@@ -127,15 +132,18 @@ class TextEnv(abc.ABC):
 
     def step(self, action: str) -> StepResult:
         self._check_running(action)
+        before = self.expert_distance()
         observation, score, won, lost, recognised = self._step(action)
         self.num_unrecognised += not recognised
-        return self._advance(observation, score, won, lost, recognised)
+        after = self.expert_distance() if not (won or lost) else None
+        progress = None if before is None else (won or (not lost and after is not None and after < before))
+        return self._advance(observation, score, won, lost, recognised, progress)
 
     def step_invalid(self, reason: str) -> StepResult:
         """Answer a reply that held no usable action: it costs a step, the score does not change."""
         self._check_running(f"<invalid: {reason}>")
         observation = f"Your reply was not a valid action ({reason}). Reply with exactly one action."
-        return self._advance(observation, self.score, False, False, False)
+        return self._advance(observation, self.score, False, False, False, None if self.expert_distance() is None else False)
 
     def _check_running(self, action: str) -> None:
         if self.done:
@@ -146,7 +154,7 @@ class TextEnv(abc.ABC):
         self.num_cleaned += changed
         return observation
 
-    def _advance(self, observation: str, score: float, won: bool, lost: bool, recognised: bool) -> StepResult:
+    def _advance(self, observation: str, score: float, won: bool, lost: bool, recognised: bool, progress: bool | None) -> StepResult:
         observation = self._clean(observation)
         self.num_steps += 1
         reward = score - self.score
@@ -154,6 +162,8 @@ class TextEnv(abc.ABC):
         self.done = won or lost or self.num_steps >= self.max_steps
         info = self._info()
         info["recognised"] = recognised
+        info["progress"] = progress  # the step's ground-truth label (core.episode.Step.progress)
+        info["score_delta"] = reward
         return StepResult(observation=observation, reward=reward, done=self.done, info=info)
 
     def _info(self) -> dict:

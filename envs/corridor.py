@@ -66,6 +66,10 @@ class CorridorEnv(TextEnv):
     def admissible_actions(self) -> list[str]:
         return [f"go {d}" for d in DIRECTIONS] + ["take treasure"]
 
+    def expert_distance(self) -> int:
+        """The rooms still to walk, plus taking the treasure."""
+        return len(self._exits) - self._room + 1
+
     def optimal_action(self) -> str:
         if self._room == len(self._exits):
             return "take treasure"

@@ -141,6 +141,7 @@ class TextWorldCookingEnv(TextEnv):
         self._admissible: list[str] = []
         self._max_score = 1
         self._walkthrough: list[str] = []
+        self._plan: list[str] = []  # TextWorld's winning commands from the current state
 
     def tasks(self, split: str) -> list[str]:
         check_split(split)
@@ -159,6 +160,7 @@ class TextWorldCookingEnv(TextEnv):
             lost=True,
             objective=True,
             score=True,
+            policy_commands=True,  # the expert's plan from the current state: labels each step's progress
             extras=["walkthrough"],
         )
         self._game = self._textworld.start(str(path), request_infos=infos)
@@ -166,6 +168,7 @@ class TextWorldCookingEnv(TextEnv):
         self._max_score = max(int(state.max_score), 1)
         self._admissible = list(state.admissible_commands)
         self._walkthrough = list(state.get("extra.walkthrough") or [])
+        self._plan = list(state.policy_commands or [])
         # The intro repeats the objective, which the prompt already shows as the goal.
         observation = clean_feedback(state.feedback).removeprefix(state.objective).strip()
         return state.objective, observation, state.score / self._max_score
@@ -175,10 +178,14 @@ class TextWorldCookingEnv(TextEnv):
         recognised = command.lower() in self._admissible
         state, score, _ = self._game.step(command)
         self._admissible = list(state.admissible_commands or [])
+        self._plan = list(state.policy_commands or [])
         return clean_feedback(state.feedback) or "Nothing happens.", score / self._max_score, bool(state.won), bool(state.lost), recognised
 
     def admissible_actions(self) -> list[str]:
         return list(self._admissible)
+
+    def expert_distance(self) -> int:
+        return len(self._plan)
 
     def expert_actions(self, task: str, variation: int, split: str = "train") -> list[str]:
         """The walkthrough ``tw-make`` stored in the game."""

@@ -40,6 +40,18 @@ def test_corridor_wrong_moves_cost_steps_and_hit_the_cap():
     assert results[-1].done and results[-1].info["truncated"] and not env.won and env.score == 0.0
 
 
+def test_corridor_labels_moves_toward_the_treasure_as_progress():
+    env = CorridorEnv([2], {"train": 5}, max_steps=10)
+    env.reset("corridor-2", 0)
+    wrong = next(f"go {d}" for d in ("north", "south", "east", "west") if f"go {d}" != env.optimal_action())
+    assert env.step(wrong).info["progress"] is False
+    assert env.step("take treasure").info["progress"] is False  # not in the treasure room yet
+    labels = []
+    while not env.done:
+        labels.append(env.step(env.optimal_action()).info["progress"])
+    assert labels == [True, True, True] and env.won
+
+
 def test_corridor_splits_use_disjoint_seeds():
     env = CorridorEnv([6], VARIATIONS)
     layouts = {}
@@ -101,6 +113,26 @@ def test_textworld_walkthrough_wins_with_full_score(tw_cache):
         total += result.reward
     assert result.done and result.info["won"] and not result.info["lost"]
     assert result.info["score"] == pytest.approx(1.0) and total == pytest.approx(1.0)
+    env.close()
+
+
+def test_textworld_labels_each_step_by_the_expert_plan_from_that_state(tw_cache):
+    """Step-level ground truth: a step that shortens TextWorld's own winning plan from the state it was
+    taken in is progress; looking around, an invalid reply or a command out of order is not."""
+    env = TextWorldCookingEnv([TASK], tw_cache, VARIATIONS, max_steps=30)
+    env.reset(TASK, 3, "train")
+    plan = env.expert_distance()
+    assert plan >= 2
+    assert env.step("look").info["progress"] is False and env.expert_distance() == plan
+    assert env.step_invalid("no action").info["progress"] is False
+    assert env.step("eat meal").info["progress"] is False  # the plan's last command, out of order
+    labels = []
+    while not env.done:
+        command = env._plan[0]
+        result = env.step(command)
+        labels.append((command, result.info["progress"], result.info["score_delta"]))
+    assert result.info["won"] and all(progress for _, progress, _ in labels), labels
+    assert sum(delta for _, _, delta in labels) == pytest.approx(1.0)
     env.close()
 
 
