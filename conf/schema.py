@@ -116,7 +116,9 @@ class LearnerConfig:
 class RewardConfig:
     """The reward pool (docs/mise.md): r_t = env_reward_t + dense_weight * dense_t."""
 
-    mode: str = "env"  # env: sparse env reward only | prm: + r_SE (uncalibrated) | mise: + calibrated r_SE, r_MI, and r_C
+    # env: sparse env reward only | prm: + r_SE (uncalibrated) | gain: + r_IG = q_{t+1} - q_t (judged
+    # progress, no hindsight) | mise: + calibrated r_SE, r_MI, and r_C
+    mode: str = "env"
     dense_weight: float = 1.0  # lambda
     eps: float = 1.0e-3  # r_SE = log p_t is clipped below at log eps
     clip: float = 10.0  # each step's dense_t is clipped to [-clip, clip] (a bound against outliers)
@@ -140,6 +142,7 @@ class RewardConfig:
     step_question: str | None = None
     outcome_question: str | None = None
     hindsight_header: str | None = None
+    progress_question: str | None = None  # gain mode: asked after the transcript up to a step, without the outcome
 
 
 @dataclass
@@ -207,7 +210,7 @@ class Config:
 
 ENV_NAMES = ("textworld", "corridor", "scienceworld")
 ENGINE_KINDS = ("vllm", "hf")
-REWARD_MODES = ("env", "prm", "mise")
+REWARD_MODES = ("env", "prm", "gain", "mise")
 EVALUATORS = ("policy", "base")
 BUILTIN_MODELS = ("smollm2", "tiny-corridor")
 MODES = ("sync", "async")

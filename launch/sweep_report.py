@@ -74,10 +74,11 @@ def table(runs: list[dict]) -> str:
         f"({f'{target:.3f}' if target is not None else 'no env-only runs'}, moving average over {SMOOTH} steps, mean over seeds).",
         "",
         "| reward mode | seeds | held-out success before | after | training success, last 3 steps | env steps to reach target (per seed) "
-        "| outcome AUROC (last 3) | Brier (last 3) | calibration R² held-out (last 3) | degraded | pool tokens / episode | wall s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| outcome AUROC (last 3) | Brier (last 3) | calibration R² held-out (last 3) | step AUROC of the dense reward (last 3) "
+        "| degraded | pool tokens / episode | wall s |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode in ("env", "prm", "mise"):
+    for mode in ("env", "prm", "gain", "mise"):
         group = sorted(by_mode.get(mode, []), key=lambda r: r["seed"])
         if not group:
             continue
@@ -94,6 +95,7 @@ def table(runs: list[dict]) -> str:
                 _mean_std([_last(r, "self_eval/auroc") for r in group]),
                 _mean_std([_last(r, "self_eval/brier") for r in group]),
                 _mean_std([_last(r, "calibration/r2_heldout") for r in group]),
+                _mean_std([_last(r, "step_quality/auroc_dense") for r in group]),
                 _mean_std([_last(r, "reward/degraded_fraction", count=len(r["metrics"])) for r in group]),
                 _mean_std([_last(r, "reward/pool_tokens_per_episode", count=len(r["metrics"])) for r in group]),
                 f"{np.mean([r['summary']['wall_s'] for r in group]):.0f}",
@@ -112,7 +114,7 @@ def plot(runs: list[dict], out: Path, title: str) -> None:
     by_mode: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_mode[run["mode"]].append(run)
-    for mode, color in (("env", "tab:gray"), ("prm", "tab:orange"), ("mise", "tab:blue")):
+    for mode, color in (("env", "tab:gray"), ("prm", "tab:orange"), ("gain", "tab:green"), ("mise", "tab:blue")):
         group = by_mode.get(mode)
         if not group:
             continue

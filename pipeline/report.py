@@ -243,6 +243,39 @@ def self_eval_by_step(run: dict, out_dir: Path) -> str:
     return _figure(fig, out_dir, "self_eval_by_step.png", "self-evaluation quality per step", sentence)
 
 
+def step_quality(run: dict, out_dir: Path) -> str:
+    """Do the dense signals point at the steps that helped? AUROC of each against the env's progress
+    label, per learner step, and each signal's correlation with the step's score change."""
+    metrics = run["metrics"]
+    names = sorted({k.removeprefix("step_quality/auroc_") for m in metrics for k in m if k.startswith("step_quality/auroc_")})
+    corr = sorted({k for m in metrics for k in m if k.startswith("step_quality/corr_")})
+    if not names and not corr:
+        return "No step-level quality: metrics.jsonl logs no `step_quality/*` (reward mode `env`, or an env without step labels).\n"
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for name in names:
+        steps, values = series(metrics, f"step_quality/auroc_{name}")
+        left.plot(steps, values, marker="o", markersize=3, label=name)
+    left.axhline(0.5, color="gray", lw=0.8, ls="--")
+    left.set(ylabel="AUROC against the progress label", ylim=(0, 1.02))
+    for key in corr:
+        steps, values = series(metrics, key)
+        right.plot(steps, values, marker="o", markersize=3, label=key.removeprefix("step_quality/corr_").removesuffix("_score_delta"))
+    right.axhline(0.0, color="gray", lw=0.8, ls="--")
+    right.set(ylabel="correlation with the score change", ylim=(-1.02, 1.02))
+    for ax in (left, right):
+        _learner_step_axis(ax)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle("step-level quality of the dense signals per learner step (0.5 / 0: no better than chance)", fontsize=10)
+    sentence = (
+        "Each judged step's signal (r_SE, r_MI, r_IG, the dense reward) scored against the env's own label of that step: "
+        "progress (the expert's remaining plan got shorter, or the step won) and the change of the env's score."
+    )
+    return _figure(fig, out_dir, "step_quality.png", "step-level quality of the dense signals", sentence)
+
+
 def throughput(run: dict, out_dir: Path) -> str:
     metrics = run["metrics"]
     # The first step's wall_s also holds the start-up (actors, models) and the 'before' evaluation.
@@ -402,6 +435,7 @@ def write_report(run_dir: Path) -> Path:
         ("Learning curves", learning_curves(run, out_dir)),
         ("Reward components", reward_components(run, out_dir)),
         ("Self-evaluation calibration", reliability_diagram(run, out_dir) + "\n" + self_eval_by_step(run, out_dir)),
+        ("Step-level quality", step_quality(run, out_dir)),
         ("Throughput", throughput(run, out_dir)),
         ("Time split", time_split(run, out_dir)),
     ]

@@ -24,7 +24,9 @@ class EvaluationError(ValueError):
 
 
 class SelfEvaluator:
-    def __init__(self, engine_factory, model_dir: str, settings: HindsightSettings, follow_policy: bool, max_model_len: int) -> None:
+    def __init__(
+        self, engine_factory, model_dir: str, settings: HindsightSettings, follow_policy: bool, max_model_len: int, ask_progress: bool = False
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.engine = None
@@ -37,6 +39,7 @@ class SelfEvaluator:
             self.close()
         self.follow_policy = follow_policy
         self.max_model_len = max_model_len
+        self.ask_progress = ask_progress  # gain mode: q_t before every step, without hindsight
         self.version = 0
 
     def ready(self) -> bool:
@@ -87,13 +90,15 @@ class SelfEvaluator:
 
     def _plan(self, episode: Episode) -> dict:
         step_questions, outcome_question = self.prompts.questions(episode)
-        prefix = self.prompts.hindsight_prefix(episode)
-        acted = [s for s in episode.steps if s.action_ids]
+        hindsight = self.prompts.step_hindsight(episode)
+        acted = [(h, s) for h, s in zip(hindsight, episode.steps) if s.action_ids]
+        progress = self.prompts.progress_questions(episode) if self.ask_progress else []
         plan = {
-            "questions": step_questions + [outcome_question],
-            "with_hindsight": [prefix + s.prompt_ids for s in acted],
-            "without_hindsight": [s.prompt_ids for s in acted],
-            "actions": [s.action_ids for s in acted],
+            "questions": step_questions + [outcome_question] + progress,
+            "num_progress": len(progress),
+            "with_hindsight": [h + s.prompt_ids for h, s in acted],
+            "without_hindsight": [s.prompt_ids for _, s in acted],
+            "actions": [s.action_ids for _, s in acted],
         }
         lengths = [len(q) + 1 for q in plan["questions"]] + [len(p) + len(a) for p, a in zip(plan["with_hindsight"], plan["actions"])]
         longest = max(lengths)
@@ -102,13 +107,20 @@ class SelfEvaluator:
         return plan
 
     def _judgement(self, episode: Episode, plan: dict, answers, scored_with, scored_without) -> SelfEvaluation:
-        step_yes = [yes_probability(y, n) for y, n in answers[:-1]]
-        outcome_logprobs = list(answers[-1])
+        num_steps = len(episode.steps)
+        step_yes = [yes_probability(y, n) for y, n in answers[:num_steps]]
+        outcome_logprobs = list(answers[num_steps])
+        progress_yes = [yes_probability(y, n) for y, n in answers[num_steps + 1 :]]
         with_iter, without_iter = iter(scored_with), iter(scored_without)
         mi = []
         for step in episode.steps:  # a step without generated tokens has no action to score: MI 0
             mi.append(sum(next(with_iter)) - sum(next(without_iter)) if step.action_ids else 0.0)
-        values = {"P(Yes) of a step question": step_yes, "MI term": mi, "outcome answer log-prob": outcome_logprobs}
+        values = {
+            "P(Yes) of a step question": step_yes,
+            "MI term": mi,
+            "outcome answer log-prob": outcome_logprobs,
+            "P(Yes) of a progress question": progress_yes,
+        }
         for name, numbers in values.items():
             bad = [x for x in numbers if not math.isfinite(x)]
             if bad:
@@ -118,9 +130,10 @@ class SelfEvaluator:
             step_yes=step_yes,
             mi=mi,
             outcome_yes=yes_probability(*outcome_logprobs),
-            outcome_prompt_ids=plan["questions"][-1],
+            outcome_prompt_ids=plan["questions"][num_steps],
             answer_ids=list(self.prompts.answer_ids),
             answer_logprobs=outcome_logprobs,
+            progress_yes=progress_yes,
         )
 
     def close(self) -> None:

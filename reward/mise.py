@@ -132,6 +132,22 @@ class RidgeCalibrator:
 # --- self-evaluation quality against ground truth ----------------------------------------------------
 
 
+def information_gain(progress_yes: Sequence[float]) -> list[float]:
+    """r_IG_t = q_{t+1} - q_t: how much step t raised the evaluator's P(the task will be completed),
+    judged without hindsight (``progress_yes`` holds q_0..q_T, one more than there are steps)."""
+    return [after - before for before, after in zip(progress_yes, progress_yes[1:])]
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's r; None with fewer than two points or a constant side."""
+    if len(x) < 2:
+        return None
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     """Probability that a positive outranks a negative (ties count half); None without both classes."""
     pos = [s for s, y in zip(scores, labels) if y]

@@ -24,6 +24,13 @@ def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] 
                 max_restarts=cfg.reward.max_restarts,
                 runtime_env={"env_vars": ACTOR_ENV_VARS},
                 **(bundles(i) if bundles else {}),
-            ).remote(factory, model_dir, hindsight_settings(cfg.reward), cfg.reward.evaluator == "policy", cfg.engine.max_model_len)
+            ).remote(
+                factory,
+                model_dir,
+                hindsight_settings(cfg.reward),
+                cfg.reward.evaluator == "policy",
+                cfg.engine.max_model_len,
+                ask_progress=cfg.reward.mode == "gain",
+            )
         )
     return evaluators

@@ -35,7 +35,9 @@ from reward.mise import (
     brier_answer_advantages,
     brier_reward,
     brier_score,
+    correlation,
     expected_calibration_error,
+    information_gain,
     r_squared,
     self_eval_rewards,
 )
@@ -45,7 +47,11 @@ log = logging.getLogger(__name__)
 
 def hindsight_settings(cfg: RewardConfig) -> HindsightSettings:
     """The prompts of the config; a null prompt keeps the built-in one."""
-    overrides = {k: getattr(cfg, k) for k in ("system_prompt", "step_question", "outcome_question", "hindsight_header") if getattr(cfg, k) is not None}
+    overrides = {
+        k: getattr(cfg, k)
+        for k in ("system_prompt", "step_question", "outcome_question", "hindsight_header", "progress_question")
+        if getattr(cfg, k) is not None
+    }
     return HindsightSettings(max_observation_chars=cfg.max_observation_chars, **overrides)
 
 
@@ -172,6 +178,8 @@ class RewardStage:
         features = self.features(judgement) if judgement is not None else []
         if judgement is not None and self.cfg.mode == "prm":
             dense = self_eval_rewards(judgement.step_yes, self.cfg.eps)
+        elif judgement is not None and self.cfg.mode == "gain":
+            dense = information_gain(judgement.progress_yes)
         elif judgement is not None and self.cfg.mode == "mise":
             calibration = batch.maps.get(self.calibration_key(episode)) if batch else None
             if calibration is not None:
@@ -212,11 +220,17 @@ class _BatchRecord:
         self.z: list[int] = []
         self.fit_rows: list[tuple[str, list[float], float]] = []
         self.heldout: list[tuple[float, float]] = []  # (predicted, actual) outcome under the frozen maps
+        self.steps: dict[str, list[tuple[float, bool | None, float]]] = {}  # signal -> (value, progress, score delta) per step
 
     def record(self, stage: RewardStage, episode: Episode, judgement: SelfEvaluation, features: list[list[float]], dense: list[float]) -> None:
-        self.values["r_se"] += self_eval_rewards(judgement.step_yes, stage.cfg.eps)
-        self.values["r_mi"] += judgement.mi
-        self.values["dense"] += dense
+        signals = {"r_se": self_eval_rewards(judgement.step_yes, stage.cfg.eps), "r_mi": judgement.mi, "dense": dense}
+        if judgement.progress_yes:
+            signals["r_ig"] = information_gain(judgement.progress_yes)
+        for name, values in signals.items():
+            self.values.setdefault(name, [])
+            self.values[name] += values
+            self.steps.setdefault(name, [])
+            self.steps[name] += [(v, s.progress, s.score_delta) for v, s in zip(values, episode.steps)]
         self.values["r_c"].append(brier_reward(judgement.outcome_yes, float(episode.success)))
         self.q.append(judgement.outcome_yes)
         self.z.append(int(episode.success))
@@ -243,6 +257,15 @@ class _BatchRecord:
             out["self_eval/auroc"] = auroc(self.q, self.z)
             out["self_eval/ece"] = expected_calibration_error(self.q, self.z)
             out["self_eval/brier"] = brier_score(self.q, self.z)
+        for name, rows in self.steps.items():  # does the dense signal point at the steps that helped?
+            labelled = [(v, y) for v, y, _ in rows if y is not None]
+            if labelled and (score := auroc([v for v, _ in labelled], [int(y) for _, y in labelled])) is not None:
+                out[f"step_quality/auroc_{name}"] = score
+            if (value := correlation([v for v, _, _ in rows], [d for _, _, d in rows])) is not None:
+                out[f"step_quality/corr_{name}_score_delta"] = value
+        labels = [y for _, y, _ in next(iter(self.steps.values()), []) if y is not None]
+        if labels:
+            out["step_quality/progress_fraction"] = sum(labels) / len(labels)
         fits = [m.r2 for m in self.maps.values() if m.r2 is not None]
         if fits:
             out["calibration/r2_fit"] = float(np.mean(fits))

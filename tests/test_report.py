@@ -38,6 +38,11 @@ def make_run_dir(root: Path, reward_mode: str, steps: int = 5, seed: int = 0) ->
             metrics.update(
                 {"self_eval/auroc": float(rng.uniform(0.5, 1)), "self_eval/ece": float(rng.uniform(0, 0.3)), "self_eval/brier": float(rng.uniform(0.1, 0.3))}
             )
+            for name in ("r_se", "r_mi", "dense"):
+                metrics[f"step_quality/auroc_{name}"], metrics[f"step_quality/corr_{name}_score_delta"] = (
+                    float(rng.uniform(0.3, 0.9)),
+                    float(rng.uniform(-0.5, 0.5)),
+                )
             for _ in range(8):
                 z = int(rng.random() < success)
                 judged.append({"step": step, "q": float(np.clip(rng.normal(0.3 + 0.4 * z, 0.2), 0, 1)), "z": z})
@@ -85,7 +90,8 @@ def test_report_of_a_mise_run_embeds_every_plot(tmp_path):
     assert report == tmp_path / "mise" / "report" / "report.md"
     assert_pngs_valid(report)
     assert set(embedded_pngs(report)) == {
-        "learning_curves.png", "reward_components.png", "self_eval_reliability.png", "self_eval_by_step.png", "throughput.png", "time_split.png",
+        "learning_curves.png", "reward_components.png", "self_eval_reliability.png", "self_eval_by_step.png", "step_quality.png", "throughput.png",
+        "time_split.png",
     }  # fmt: skip
     text = report.read_text()
     assert "| reward mode | mise |" in text and "| held-out success after training | 0.500 over 8 episodes |" in text
@@ -101,6 +107,7 @@ def test_report_of_an_env_run_says_what_it_skips(tmp_path):
     assert "No reward components: this run's reward mode is `env`" in text
     assert "No reliability diagram: the run dir has no self_eval.jsonl" in text
     assert "No self-evaluation quality per step" in text
+    assert "No step-level quality" in text
 
 
 def test_report_warns_about_steps_whose_advantages_were_all_zero(tmp_path):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from actors.engine import Sampling
-from actors.prompting import PromptSettings
+from actors.prompting import PromptSettings, build_messages
 from actors.rollout import RolloutWorker
 from conf.schema import RewardConfig
 from core.episode import EpisodeSpec
@@ -81,12 +81,88 @@ def test_evaluator_signals_equal_direct_engine_calls(evaluator, episodes):
         for question, p in zip(steps + [outcome], judgement.step_yes + [judgement.outcome_yes]):
             y, n = engine.next_token_logprobs([question], prompts.answer_ids, [0])[0]
             assert p == pytest.approx(yes_probability(y, n), abs=1e-5) and 0 < p < 1
-        prefix = prompts.hindsight_prefix(episode)
-        for step, mi in zip(episode.steps, judgement.mi):
-            with_h = engine.score([prefix + step.prompt_ids], [step.action_ids], [0])[0]
+        for step, hindsight, mi in zip(episode.steps, prompts.step_hindsight(episode), judgement.mi):
+            with_h = engine.score([hindsight + step.prompt_ids], [step.action_ids], [0])[0]
             without_h = engine.score([step.prompt_ids], [step.action_ids], [0])[0]
             assert mi == pytest.approx(sum(with_h) - sum(without_h), abs=1e-4)
     assert tokens > 0
+
+
+class CopyingPolicy:
+    """A policy built to copy: an action whose text appears in its context is certain (log-prob 0 per
+    token), any other costs log(1/1000) per token. The judge a hindsight that holds a_t would reward."""
+
+    computed_tokens = 0
+
+    def __init__(self, model_dir: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def score(self, prompts, continuations, versions):
+        seen = lambda p, c: self.tokenizer.decode(c).strip() in self.tokenizer.decode(p)  # noqa: E731
+        return [[0.0] * len(c) if seen(p, c) else [-math.log(1000)] * len(c) for p, c in zip(prompts, continuations)]
+
+    def next_token_logprobs(self, prompts, candidates, versions):
+        return [[-0.7, -0.7] for _ in prompts]
+
+    def close(self):
+        pass
+
+
+def test_a_copying_policy_gets_no_mi_reward_from_a_hindsight_without_the_action(warm_model_dir):
+    """r_MI_t = log pi(a_t | s_t, h_t) - log pi(a_t | s_t). With the whole episode as hindsight (the
+    layout before), a policy that copies from its context scores every taken action high; with h_t =
+    the outcome and the later steps only, copying earns nothing."""
+    from transformers import AutoTokenizer
+
+    from core.episode import Episode, Step
+
+    tokenizer = AutoTokenizer.from_pretrained(warm_model_dir)
+    settings = PromptSettings(history_window=0, show_admissible=False)
+    goal, turns = "Leave the house.", [("open the red box", "The lid creaks."), ("take the brass key", "Got it."),
+                                       ("unlock the oak door", "Click."), ("walk outside", "You are out. You won!")]  # fmt: skip
+    episode = Episode("copy-0", "textworld", "house", 0, "train", goal, "You are in the hall.", status="finished", success=True, score=1.0)
+    observation = episode.first_observation
+    for action, answer in turns:
+        messages = build_messages(goal, [], observation, None, settings)
+        prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+        ids = tokenizer.encode(action, add_special_tokens=False)
+        episode.steps.append(Step(prompt, ids, [-1.0] * len(ids), action, action, None, answer, 0.0, 0))
+        observation = answer
+    judge = SelfEvaluator(lambda: CopyingPolicy(warm_model_dir), warm_model_dir, HindsightSettings(), follow_policy=False, max_model_len=4096)
+    prompts = judge.prompts
+    whole = f"{prompts.settings.hindsight_header}\n{prompts.transcript(episode)}\n{prompts.outcome(episode)}"  # the layout before
+    whole_ids = list(tokenizer.apply_chat_template([{"role": "system", "content": whole}], tokenize=True)["input_ids"])
+    before = [sum(judge.engine.score([whole_ids + s.prompt_ids], [s.action_ids], [0])[0]) - sum(judge.engine.score([s.prompt_ids], [s.action_ids], [0])[0])
+              for s in episode.steps]  # fmt: skip
+    (judgement,), _ = judge.evaluate([episode])
+    print(f"r_MI per step of a copying policy: whole episode as hindsight {before}, h_t {judgement.mi}")
+    assert all(mi > 6 * len(s.action_ids) for mi, s in zip(before, episode.steps))  # log 1000 per copied token
+    assert judgement.mi == [0.0] * len(episode.steps)
+
+
+def test_gain_mode_rewards_each_steps_change_of_the_judged_completion_probability(episodes, warm_model_dir):
+    """reward.mode=gain: q_t = P(the task will be completed) after the transcript up to step t, asked
+    without the outcome; r_IG_t = q_{t+1} - q_t."""
+    from reward.stage import RewardStage
+
+    judge = SelfEvaluator(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), follow_policy=True, max_model_len=2048, ask_progress=True)
+    batch = fresh(episodes[:4])
+    judgements, _ = judge.evaluate(batch)
+    stage = RewardStage(RewardConfig(mode="gain", dense_weight=1.0, clip=1.0), evaluators=[object()])
+    for episode, judgement in zip(batch, judgements):
+        questions = judge.prompts.progress_questions(episode)
+        assert len(judgement.progress_yes) == len(questions) == len(episode.steps) + 1
+        direct = [yes_probability(*judge.engine.next_token_logprobs([q], judge.prompts.answer_ids, [0])[0]) for q in questions]
+        assert judgement.progress_yes == pytest.approx(direct, abs=1e-5)
+        outcome = judge.engine.next_token_logprobs([judge.prompts.questions(episode)[1]], judge.prompts.answer_ids, [0])[0]
+        assert judgement.outcome_yes == pytest.approx(yes_probability(*outcome), abs=1e-5)  # the other answers did not shift
+        episode.self_evaluation = judgement
+        q = judgement.progress_yes
+        scored = stage.score(copy.deepcopy(episode))
+        assert [s.step_reward for s in scored.steps] == pytest.approx([s.env_reward + (b - a) for s, a, b in zip(episode.steps, q, q[1:])])
+        assert scored.answer_samples == []  # r_C is mise's alone
 
 
 def test_non_finite_values_are_caught_with_the_episode_id(warm_model_dir, episodes):
@@ -104,10 +180,17 @@ def test_non_finite_values_are_caught_with_the_episode_id(warm_model_dir, episod
 
 
 def test_too_long_episodes_are_refused_not_truncated(evaluator, episodes):
+    episode = max(episodes, key=lambda e: len(e.steps))
+    plan = evaluator._plan(episode)
+    longest = max([len(q) + 1 for q in plan["questions"]] + [len(p) + len(a) for p, a in zip(plan["with_hindsight"], plan["actions"])])
     short = SelfEvaluator.__new__(SelfEvaluator)
-    short.__dict__.update(evaluator.__dict__, max_model_len=300)
-    judgements, tokens = short.evaluate(fresh(episodes[:1]))
-    assert "over engine.max_model_len=300" in judgements[0] and tokens == 0
+    short.__dict__.update(evaluator.__dict__, max_model_len=longest)  # the longest prompt would need one more position
+    judgements, tokens = short.evaluate(fresh([episode]))
+    assert f"has {longest} tokens, over engine.max_model_len={longest}" in judgements[0] and tokens == 0
+    roomy = SelfEvaluator.__new__(SelfEvaluator)
+    roomy.__dict__.update(evaluator.__dict__, max_model_len=longest + 1)
+    judgements, tokens = roomy.evaluate(fresh([episode]))
+    assert not isinstance(judgements[0], str) and tokens > 0
 
 
 def pump(stage, batch, **kwargs):

@@ -120,3 +120,34 @@ def test_self_evaluation_quality_metrics():
     assert expected_calibration_error([0.15, 0.85, 0.85], [0, 1, 0]) == pytest.approx(0.15 / 3 + 2 / 3 * 0.35)
     assert expected_calibration_error([1.0, 0.0], [1, 0]) == 0.0  # p = 1.0 falls in the last bin
     assert brier_score([1.0, 0.5], [1, 0]) == pytest.approx(0.125)
+
+
+def test_information_gain_is_the_change_of_the_judged_completion_probability():
+    from reward.mise import information_gain
+
+    assert information_gain([0.2, 0.5, 0.4, 0.9]) == pytest.approx([0.3, -0.1, 0.5])  # q_0..q_3 for 3 steps
+    assert sum(information_gain([0.2, 0.5, 0.4, 0.9])) == pytest.approx(0.9 - 0.2)  # telescopes to q_T - q_0
+
+
+def test_step_quality_scores_each_signal_against_the_env_labels():
+    """A judge whose P(Yes) is high exactly on the steps the env labels progress has step AUROC 1; its
+    MI term, here inverted, has AUROC 0; both are correlated with the score change as constructed."""
+    from conf.schema import RewardConfig
+    from core.episode import Episode, SelfEvaluation, Step
+    from reward.stage import RewardStage, _BatchRecord
+
+    stage = RewardStage(RewardConfig(mode="prm"), evaluators=[object()])
+    record = _BatchRecord({})
+    for e, progress in enumerate([[True, False, True], [False, False, True, True]]):
+        episode = Episode(f"e{e}", "corridor", "corridor-2", 0, "train", "g", "o", status="finished", success=True, score=1.0)
+        for p in progress:
+            episode.steps.append(Step([1, 2], [3], [-1.0], "r", "go east", None, "o", 0.0, 0, progress=p, score_delta=0.5 if p else 0.0))
+        episode.self_evaluation = SelfEvaluation(
+            0, [0.9 if p else 0.1 for p in progress], [-1.0 if p else 1.0 for p in progress], 0.8, [1], [5, 6], [-0.2, -1.8]
+        )
+        stage.score(episode, record)
+    metrics = record.metrics()
+    assert metrics["step_quality/auroc_r_se"] == 1.0 and metrics["step_quality/auroc_dense"] == 1.0
+    assert metrics["step_quality/auroc_r_mi"] == 0.0
+    assert metrics["step_quality/corr_r_se_score_delta"] == pytest.approx(1.0) and metrics["step_quality/corr_r_mi_score_delta"] == pytest.approx(-1.0)
+    assert metrics["step_quality/progress_fraction"] == pytest.approx(4 / 7)
