@@ -27,6 +27,7 @@ class EnvConfig:
     tasks: list[str] = field(default_factory=lambda: ["recipe1+take1+go1"])
     split: str = "train"
     max_steps: int = 8
+    reward: str = "score"  # score: the change of the normalised score | success: 1 on completion, else 0 (sparse)
     # How many variations each split offers per task (the seed ranges of the splits are disjoint). A number
     # caps each task's count; null = all that each task has (ScienceWorld; TextWorld and the corridor
     # make their games from seeds, so they need a number).
@@ -209,6 +210,7 @@ class Config:
 
 
 ENV_NAMES = ("textworld", "corridor", "scienceworld")
+ENV_REWARDS = ("score", "success")  # envs.base.REWARDS (conf imports nothing of the project)
 ENGINE_KINDS = ("vllm", "hf")
 REWARD_MODES = ("env", "prm", "gain", "mise")
 EVALUATORS = ("policy", "base")
@@ -248,6 +250,7 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(len(e.tasks) > 0, "env.tasks", e.tasks, "at least one task")
     _check(e.split in SPLITS, "env.split", e.split, f"one of {SPLITS}")
     _check(e.max_steps >= 1, "env.max_steps", e.max_steps, "an integer >= 1")
+    _check(e.reward in ENV_REWARDS, "env.reward", e.reward, f"one of {ENV_REWARDS}")
     for split, n in e.variations.items():
         _check(split in SPLITS, f"env.variations.{split}", n, f"keys must be among {SPLITS}")
         if n is None:

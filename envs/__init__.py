@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.paths import default_cache_dir
-from envs.base import EnvError, TextEnv
+from envs.base import REWARDS, EnvError, TextEnv
 
 
 def make_env(cfg, rollout=None) -> TextEnv:
-    """Build one environment instance from an ``EnvConfig`` (``variation_counts`` has checked it). With
+    """Build one environment instance from an ``EnvConfig`` (``variation_counts`` has checked it), paying
+    ``cfg.reward`` (envs.base.REWARDS). With
     the ``rollout`` config, it lists admissible actions only where the prompt shows them or replies
     are matched to them (ScienceWorld takes tens of ms to list them)."""
+    if cfg.reward not in REWARDS:
+        raise EnvError(f"env.reward={cfg.reward!r} is not a known reward; valid: {', '.join(REWARDS)}")
     env = _make_env(cfg)
+    env.reward_kind = cfg.reward
     if rollout is not None:
         env.list_admissible = rollout.show_admissible or rollout.action_match == "admissible"
     return env

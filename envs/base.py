@@ -1,8 +1,10 @@
 """One interface for text environments.
 
 ``reset(task, variation)`` gives the goal and the first observation; ``step(action)`` gives the next
-observation, the reward (change of the normalised score), ``done`` and an ``info`` dict with the score,
-max score, won/lost and, where the env has them, the admissible actions. Scores are normalised to [0, 1].
+observation, the reward, ``done`` and an ``info`` dict with the score, max score, won/lost, the score's
+change and, where the env has them, the admissible actions. Scores are normalised to [0, 1]. The reward
+is the change of the normalised score (``reward="score"``), or 1 on the winning step and 0 otherwise
+(``reward="success"``: the sparse setting, no intermediate points).
 
 A malformed model reply is normal input for an agent: ``step_invalid(reason)`` lets the environment
 answer it like any other action (it uses up a step and the observation says what was wrong).
@@ -14,6 +16,7 @@ import abc
 from dataclasses import dataclass, field
 
 SPLITS = ("train", "valid", "test")
+REWARDS = ("score", "success")
 
 
 MAX_OBSERVATION_CHARS = 20_000  # longer env output is cut (the prompt shows far less; this bounds memory)
@@ -66,6 +69,7 @@ class TextEnv(abc.ABC):
     # Whether each info dict lists the admissible actions; off when the prompt does not show them (ScienceWorld
     # takes tens of ms to list them).
     list_admissible: bool = True
+    reward_kind: str = "score"  # one of REWARDS (env.reward)
 
     def __init__(self, max_steps: int) -> None:
         if max_steps <= 0:
@@ -157,13 +161,14 @@ class TextEnv(abc.ABC):
     def _advance(self, observation: str, score: float, won: bool, lost: bool, recognised: bool, progress: bool | None) -> StepResult:
         observation = self._clean(observation)
         self.num_steps += 1
-        reward = score - self.score
+        score_delta = score - self.score
+        reward = score_delta if self.reward_kind == "score" else float(won and not self.won)
         self.score, self.won, self.lost = score, won, lost
         self.done = won or lost or self.num_steps >= self.max_steps
         info = self._info()
         info["recognised"] = recognised
         info["progress"] = progress  # the step's ground-truth label (core.episode.Step.progress)
-        info["score_delta"] = reward
+        info["score_delta"] = score_delta
         return StepResult(observation=observation, reward=reward, done=self.done, info=info)
 
     def _info(self) -> dict:

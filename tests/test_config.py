@@ -33,6 +33,7 @@ def test_default_config_is_valid():
         ("env.name=webshop2", "env.name='webshop2'"),
         ("env.split=dev", "env.split='dev'"),
         ("env.max_steps=0", "env.max_steps=0"),
+        ("env.reward=points", "env.reward='points'"),
         ("engine.kind=tgi", "engine.kind='tgi'"),
         ("engine.cpu_threads=all", "engine.cpu_threads='all'"),
         ("model.path=/no/such/model", "model.path='/no/such/model'"),

@@ -116,6 +116,34 @@ def test_textworld_walkthrough_wins_with_full_score(tw_cache):
     env.close()
 
 
+def test_textworld_success_reward_pays_only_the_winning_step(tw_cache):
+    """env.reward=success: the same walkthrough earns 0 at every step but the last, which earns 1; the
+    score and its per-step change (the step-quality label) are the same as with env.reward=score."""
+    from conf.schema import EnvConfig
+    from envs import make_env
+
+    played = {}
+    for kind in ("score", "success"):
+        env = make_env(EnvConfig(name="textworld", tasks=[TASK], max_steps=30, variations=VARIATIONS, cache_dir=str(tw_cache), reward=kind))
+        env.reset(TASK, 3, "train")  # makes the game on first use
+        commands = walkthrough(game_path(tw_cache, TASK, "train", 3))
+        played[kind] = [(r.reward, r.info["score_delta"], r.info["score"]) for r in play(env, commands)]
+        assert env.won
+        env.close()
+    dense = [reward for reward, _, _ in played["score"]]
+    assert sum(reward > 0 for reward in dense[:-1]) >= 1  # the cooking games pay points before the end
+    assert [reward for reward, _, _ in played["success"]] == [0.0] * (len(commands) - 1) + [1.0]
+    assert [(delta, score) for _, delta, score in played["success"]] == [(delta, score) for _, delta, score in played["score"]]
+
+
+def test_unknown_env_reward_is_refused_with_the_valid_ones():
+    from conf.schema import EnvConfig
+    from envs import make_env
+
+    with pytest.raises(EnvError, match=r"env.reward='points'.*valid: score, success"):
+        make_env(EnvConfig(name="corridor", tasks=["corridor-1"], reward="points"))
+
+
 def test_textworld_labels_each_step_by_the_expert_plan_from_that_state(tw_cache):
     """Step-level ground truth: a step that shortens TextWorld's own winning plan from the state it was
     taken in is progress; looking around, an invalid reply or a command out of order is not."""
