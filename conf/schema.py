@@ -184,6 +184,7 @@ class WarmStartConfig:
     epochs: int = 2
     batch_demonstrations: int = 8  # demonstrations per optimizer step
     lr: float = 1.0e-3
+    seed: int = 0  # LoRA init and batch order; its own, so the seeds of the RL runs share one warm start
 
 
 @dataclass
@@ -329,6 +330,7 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(w.epochs >= 1, "warm_start.epochs", w.epochs, "an integer >= 1")
     _check(w.batch_demonstrations >= 1, "warm_start.batch_demonstrations", w.batch_demonstrations, "an integer >= 1")
     _check(w.lr > 0, "warm_start.lr", w.lr, "a number > 0")
+    _check(w.seed >= 0, "warm_start.seed", w.seed, "an integer >= 0")
     if cfg.model.warm_start not in (None, "auto"):
         _check((Path(cfg.model.warm_start) / "config.json").exists(), "model.warm_start", cfg.model.warm_start,
                "null, auto, or a merged model directory (with config.json) made by python -m launch.warm_start")  # fmt: skip

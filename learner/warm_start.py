@@ -42,7 +42,7 @@ def recipe(cfg, base_dir: str) -> dict:
     return {
         "format": FORMAT,
         "base": {"dir": str(base.resolve()), "weights": [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]},
-        "env": {k: v for k, v in dataclasses.asdict(cfg.env).items() if k != "split"},
+        "env": {k: v for k, v in dataclasses.asdict(cfg.env).items() if k not in ("split", "reward")},  # the demonstrations do not depend on them
         "prompt": dataclasses.asdict(PromptSettings.from_rollout(cfg.rollout)),
         "learner": {
             k: getattr(cfg.learner, k)
@@ -50,7 +50,6 @@ def recipe(cfg, base_dir: str) -> dict:
         },
         "warm_start": dataclasses.asdict(cfg.warm_start),
         "dtype": cfg.model.dtype,
-        "seed": cfg.seed,
     }
 
 
@@ -154,9 +153,9 @@ def build_warm_start(cfg, base_dir: str, out: Path, quiet: bool = False) -> dict
     learner_cfg = dataclasses.replace(cfg.learner, lr=w.lr, kl_coef=0.0)
     figures: dict = {"recipe": recipe(cfg, base_dir), "demonstrations": len(train), "held_out": len(held_out), "left_out": skipped, "collect_s": collect_s}
     with single_rank():
-        learner = Learner(learner_cfg, base_dir, temperature=1.0, seed=cfg.seed, dtype="float32")
+        learner = Learner(learner_cfg, base_dir, temperature=1.0, seed=cfg.warm_start.seed, dtype="float32")
         figures["nll_before"] = {"train": learner.demonstration_nll(train), "held_out": learner.demonstration_nll(held_out) if held_out else None}
-        rng, steps = random.Random(cfg.seed), []
+        rng, steps = random.Random(cfg.warm_start.seed), []
         for epoch in range(w.epochs):
             order = rng.sample(train, len(train))
             for i in range(0, len(order), w.batch_demonstrations):

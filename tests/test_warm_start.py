@@ -80,6 +80,8 @@ def test_the_warm_start_lowers_the_demonstrations_nll_and_is_built_once(warm_mod
     assert (merged / "model.safetensors").stat().st_mtime_ns == built
     other = warm_start_config(warm_model_dir, tmp_path, "warm_start.lr=1e-3")
     assert warm_start_dir(other, warm_model_dir) != warm_start_dir(cfg, warm_model_dir)  # another recipe, another entry
+    sparse = warm_start_config(warm_model_dir, tmp_path, "env.reward=success", "env.split=valid")
+    assert warm_start_dir(sparse, warm_model_dir) == warm_start_dir(cfg, warm_model_dir)  # the same demonstrations: one entry
 
 
 def test_the_merged_model_gives_the_same_greedy_tokens_in_vllm_and_hf(warm_model_dir, tmp_path):
@@ -126,3 +128,19 @@ def test_a_matched_action_keeps_the_generated_token_ids(smollm2_dir):
         assert tokenizer.decode(step.action_ids, skip_special_tokens=True) == step.reply_text
         assert len(step.action_logprobs) == len(step.action_ids)
         assert step.recognised  # the env understood the mapped command
+
+
+def test_the_ablation_seeds_and_modes_start_from_the_main_jobs_warm_start(tmp_path):
+    """experiment=textworld_ablation differs from the main job only where the warm start does not
+    depend on it (env.reward, the reward mode, the RL seed and budget): one cache entry serves all."""
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        main = validate(compose("config", overrides=["experiment=textworld_debug"]), "train")
+        runs = [validate(compose("config", overrides=["experiment=textworld_ablation", f"reward={mode}", f"seed={seed}"]), "train")
+                for mode in ("env", "mise") for seed in (0, 2)]  # fmt: skip
+        moved = validate(compose("config", overrides=["experiment=textworld_ablation", "warm_start.seed=1"]), "train")
+    from learner.warm_start import warm_start_dir
+
+    assert {warm_start_dir(run, str(tmp_path)) for run in runs} == {warm_start_dir(main, str(tmp_path))}
+    assert warm_start_dir(moved, str(tmp_path)) != warm_start_dir(main, str(tmp_path))
+    assert all(run.env.reward == "success" for run in runs) and main.env.reward == "score"
