@@ -40,7 +40,7 @@ from core.episode import Episode, EpisodeSpec
 from envs import variation_counts
 from pipeline.models import base_model_dir, resolve_model_dir
 from reward.evaluator import SelfEvaluator
-from reward.mise import auroc, brier_score, correlation, fit_ridge, information_gain, self_eval_rewards
+from reward.mise import auroc, brier_score, fit_ridge, information_gain, self_eval_rewards, step_label_quality
 from reward.stage import hindsight_settings
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -113,9 +113,7 @@ def quality(episodes: list[Episode], values: list[dict[str, list[float]]], judge
     out: dict[str, float | None] = {}
     for name in SIGNALS:
         rows = [(v, s.progress, s.score_delta) for i in indices for v, s in zip(values[i][name], episodes[i].steps)]
-        labelled = [(v, int(y)) for v, y, _ in rows if y is not None]
-        out[f"auroc_{name}"] = auroc([v for v, _ in labelled], [y for _, y in labelled])
-        out[f"corr_{name}_score_delta"] = correlation([v for v, _, _ in rows], [d for _, _, d in rows])
+        out[f"auroc_{name}"], out[f"corr_{name}_score_delta"] = step_label_quality(rows)
     q, z = [judgements[i].outcome_yes for i in indices], [int(episodes[i].success) for i in indices]
     out["outcome_auroc"], out["outcome_brier"] = auroc(q, z), brier_score(q, z)
     return out

@@ -158,6 +158,15 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def step_label_quality(rows: Sequence[tuple[float, bool | None, float]]) -> tuple[float | None, float | None]:
+    """How well a per-step signal points at the steps that helped, from (value, progress, score_delta)
+    rows: its AUROC against the env's progress label (rows without a label left out) and its Pearson
+    correlation with the score change. Either is None where it is undefined."""
+    labelled = [(v, int(y)) for v, y, _ in rows if y is not None]
+    score = auroc([v for v, _ in labelled], [y for _, y in labelled])
+    return score, correlation([v for v, _, _ in rows], [d for _, _, d in rows])
+
+
 def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float | None:
     """Sum over equal-width bins of (bin share) * |mean label - mean probability|."""
     if not probabilities:

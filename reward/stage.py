@@ -35,11 +35,11 @@ from reward.mise import (
     brier_answer_advantages,
     brier_reward,
     brier_score,
-    correlation,
     expected_calibration_error,
     information_gain,
     r_squared,
     self_eval_rewards,
+    step_label_quality,
 )
 
 log = logging.getLogger(__name__)
@@ -258,10 +258,10 @@ class _BatchRecord:
             out["self_eval/ece"] = expected_calibration_error(self.q, self.z)
             out["self_eval/brier"] = brier_score(self.q, self.z)
         for name, rows in self.steps.items():  # does the dense signal point at the steps that helped?
-            labelled = [(v, y) for v, y, _ in rows if y is not None]
-            if labelled and (score := auroc([v for v, _ in labelled], [int(y) for _, y in labelled])) is not None:
+            score, value = step_label_quality(rows)
+            if score is not None:
                 out[f"step_quality/auroc_{name}"] = score
-            if (value := correlation([v for v, _, _ in rows], [d for _, _, d in rows])) is not None:
+            if value is not None:
                 out[f"step_quality/corr_{name}_score_delta"] = value
         labels = [y for _, y, _ in next(iter(self.steps.values()), []) if y is not None]
         if labels:
