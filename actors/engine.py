@@ -11,6 +11,10 @@ An engine does these things, all on token ids (token-in/token-out):
   Prompts that share a prefix (one episode, many questions) reuse its computation: vLLM through its
   prefix cache, the HF engine by running the common prefix once per call.
   ``computed_tokens`` counts the tokens an engine actually ran through the model (cost accounting).
+- ``submit`` / ``poll`` (optional, vLLM): continuous batching. ``submit`` adds one request to the
+  running batch; ``poll`` runs one engine step and returns the requests that finished in it, so a
+  request leaves as soon as its own reply is done and new ones join between steps. An engine without
+  them (HF) is driven in lockstep: one ``generate`` call per turn.
 - ``load_adapter`` / ``drop_adapter``: LoRA versions from in-memory tensors. Version 0 is the base
   model; at most ``max_versions`` adapters are resident and loading one more evicts the oldest.
 """
@@ -49,6 +53,7 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS) or "length"
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache instead of computed
 
 
 class InferenceEngine(Protocol):
@@ -102,6 +107,10 @@ class AdapterVersions:
         for version in set(versions):
             if version != 0 and version not in self.resident:
                 raise EngineError(f"policy version {version} is not loaded; resident: base (0) and {self.resident}")
+
+
+def supports_continuous_batching(engine) -> bool:
+    return all(callable(getattr(engine, name, None)) for name in ("submit", "poll", "cancel"))
 
 
 def check_batch(prompts: Sequence[Sequence[int]], versions: Sequence[int], *others: Sequence) -> None:

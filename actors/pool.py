@@ -41,7 +41,7 @@ def make_rollout_actors(cfg: Config, model_dir: str, bundles: Callable[[int], di
             **(bundles(i) if bundles else {}),
         ).remote(
             i, engine_factory, EnvFactory(cfg), model_dir, r.envs_per_actor, sampling, prompt, cfg.engine.max_model_len,
-            env_step_timeout_s=r.env_step_timeout_s, max_episode_retries=r.max_episode_retries,
+            env_step_timeout_s=r.env_step_timeout_s, max_episode_retries=r.max_episode_retries, scheduling=r.scheduling,
         )  # fmt: skip
         actors.append(actor)
     return actors

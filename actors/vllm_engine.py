@@ -61,6 +61,7 @@ class VLLMEngine:
         # per call is exact there and costs little on CPU, where a prefill is already a full GEMM.
         self._score_per_request = current_platform.is_cpu()
         self.computed_tokens = 0
+        self._in_flight: set[str] = set()  # keys of submitted requests not yet returned by poll
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -85,36 +86,81 @@ class VLLMEngine:
     def _run(self, prompts, versions, params) -> list:
         from vllm.inputs import TokensPrompt
 
+        if self._in_flight:  # LLM.generate steps the engine until it is idle: it would take their outputs
+            raise EngineError(f"{len(self._in_flight)} submitted requests are still running; poll them before a batched call")
+
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         return self.llm.generate(requests, params, lora_request=self._lora_requests(versions), use_tqdm=False)
+
+    @staticmethod
+    def _sampling_params(sampling: Sampling, seed: int | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=seed,
+            logprobs=0,  # only the sampled token's log-prob
+            detokenize=False,
+        )
 
     def generate(
         self, prompts: Sequence[Sequence[int]], versions: Sequence[int], sampling: Sampling, seeds: Sequence[int | None] | None = None
     ) -> list[Generation]:
-        from vllm import SamplingParams
-
         check_batch(prompts, versions, *([seeds] if seeds is not None else []))
 
-        def params(seed: int | None) -> SamplingParams:
-            return SamplingParams(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=seed,
-                logprobs=0,  # only the sampled token's log-prob
-                detokenize=False,
-            )
-
         # A request with its own seed samples from its own generator: the same whatever else is batched.
-        per_request = [params(seed) for seed in seeds] if seeds is not None else params(sampling.seed)
+        if seeds is not None:
+            per_request = [self._sampling_params(sampling, seed) for seed in seeds]
+        else:
+            per_request = self._sampling_params(sampling, sampling.seed)
         generations = []
         for request in self._run(prompts, versions, per_request):
-            out = request.outputs[0]
-            ids = list(out.token_ids)
-            logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
-            generations.append(Generation(ids, logprobs, "stop" if out.finish_reason == "stop" else "length"))
-            self.computed_tokens += len(request.prompt_token_ids) - (request.num_cached_tokens or 0) + len(ids)
+            generations.append(self._generation(request))
         return generations
+
+    def _generation(self, request) -> Generation:
+        out = request.outputs[0]
+        ids = list(out.token_ids)
+        logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
+        cached = request.num_cached_tokens or 0
+        self.computed_tokens += len(request.prompt_token_ids) - cached + len(ids)
+        return Generation(ids, logprobs, "stop" if out.finish_reason == "stop" else "length", cached)
+
+    # --- continuous batching: requests join and leave the running batch between engine steps ---------
+    def submit(self, key: str, prompt: Sequence[int], version: int, sampling: Sampling, seed: int | None) -> None:
+        """Add one generation request to the running batch; ``poll`` returns it under ``key``."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        check_batch([prompt], [version])
+        params = self._sampling_params(sampling, seed)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it ends
+        lora = self._lora_requests([version])[0]
+        self.llm.llm_engine.add_request(key, TokensPrompt(prompt_token_ids=list(prompt)), params, lora_request=lora)
+        self._in_flight.add(key)
+
+    def poll(self) -> list[tuple[str, Generation]]:
+        """Run one engine step (a prefill chunk or one decoded token for every running request);
+        return (key, generation) of each request that finished in it."""
+        if not self._in_flight:
+            return []
+        done = []
+        for request in self.llm.llm_engine.step():
+            if request.finished and request.request_id in self._in_flight:
+                self._in_flight.discard(request.request_id)
+                done.append((request.request_id, self._generation(request)))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def cancel(self) -> None:
+        """Abort every submitted request that ``poll`` has not returned (a rollout that stopped early)."""
+        if self._in_flight:
+            self.llm.llm_engine.abort_request(list(self._in_flight))
+            self._in_flight.clear()
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], versions: Sequence[int]) -> list[list[float]]:
         """Teacher-forced log-probs; a prompt prefix already in the prefix cache is not recomputed.

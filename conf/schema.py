@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 ACTION_MATCH = ("exact", "admissible")  # rollout.action_match (actors/prompting.py)
+SCHEDULES = ("auto", "continuous", "lockstep")  # rollout.scheduling (actors/rollout.py)
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,10 @@ class RolloutConfig:
     # exact: the env gets the reply's command as written | admissible: the admissible command it most
     # resembles (word overlap; no unique best: invalid), where the env lists them. Tokens stay as generated.
     action_match: str = "exact"
+    # continuous: each episode's request joins the engine's running batch when its prompt is ready and
+    # its env steps in a pool meanwhile (vllm only) | lockstep: one batched call per turn, then every env
+    # steps | auto: continuous where the engine can (vllm), else lockstep (hf)
+    scheduling: str = "lockstep"
     env_step_timeout_s: float = 60.0  # an env reset/step slower than this counts as a hung env (0: no limit)
     max_episode_retries: int = 2  # a crashed or hung env is replaced and its episode replayed from the start
     max_restarts: int = 3  # Ray restarts a dead rollout actor this often; its owed episodes are issued again
@@ -289,6 +294,9 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(r.max_observation_chars >= 16, "rollout.max_observation_chars", r.max_observation_chars, "an integer >= 16")
     _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
     _check(r.action_match in ACTION_MATCH, "rollout.action_match", r.action_match, " or ".join(ACTION_MATCH))
+    _check(r.scheduling in SCHEDULES, "rollout.scheduling", r.scheduling, ", ".join(SCHEDULES))
+    if r.scheduling == "continuous":
+        _check(g.kind == "vllm", "rollout.scheduling", r.scheduling, f"auto or lockstep with engine.kind={g.kind} (only vllm batches requests as they come)")
     _check(r.env_step_timeout_s >= 0, "rollout.env_step_timeout_s", r.env_step_timeout_s, "a number of seconds >= 0 (0: no limit)")
     _check(r.max_episode_retries >= 0, "rollout.max_episode_retries", r.max_episode_retries, "an integer >= 0")
     _check(r.max_restarts >= 0, "rollout.max_restarts", r.max_restarts, "an integer >= 0")

@@ -81,7 +81,9 @@ def summarize(episodes: list[Episode], ledger: EpisodeLedger, reports: list[dict
         "tokens_per_s": stats.generated_tokens / wall_s,
         "env_steps": stats.env_steps,
         "env_steps_per_s": stats.env_steps / wall_s,
-        "mean_batch_size": stats.env_steps / max(stats.generate_calls, 1),
+        "mean_batch_size": stats.batch_sum / max(stats.batch_count, 1),
+        "prefix_cache_hit_rate": stats.cached_prompt_tokens / max(stats.prompt_tokens, 1),
+        "env_wait_s": stats.wait_env_s,
         "time_split_s": {"generate": stats.generate_s, "env": stats.env_s},
         "ledger": ledger.as_dict(),
     }

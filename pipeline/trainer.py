@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from actors.coordinator import RolloutCoordinator
 from actors.pool import make_rollout_actors, wait_until_ready
+from actors.rollout import ThroughputStats
 from conf.schema import Config, validate
 from core.adapter import CheckpointError, Published
 from core.episode import Episode
@@ -408,8 +409,9 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
     ledger = pipeline.ledger
     ledger.check(expect_idle=True)
     rollouts = pipeline.rollouts.stats()
-    generate_s = sum(r["stats"].generate_s for r in reports)
-    env_s = sum(r["stats"].env_s for r in reports)
+    stats = ThroughputStats()
+    for report in reports:
+        stats = stats.add(report["stats"])
     return {
         "steps": len(history),
         "mode": cfg.mode,
@@ -420,7 +422,13 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
         "reward_by_step": [{k: v for k, v in h.items() if k.split("/")[0] in ("reward", "self_eval", "calibration")} for h in history],
         "mean_score_by_step": [h["return_mean"] for h in history],
         "wall_s": wall_s,
-        "time_split_s": {"generate (actor sum)": generate_s, "env (actor sum)": env_s, **time_split},
+        "time_split_s": {"generate (actor sum)": stats.generate_s, "env (actor sum)": stats.env_s, **time_split},
+        "rollout": {
+            "scheduling": "continuous" if all(r.get("continuous") for r in reports) else "lockstep",
+            "generated_tokens": stats.generated_tokens,
+            "prefix_cache_hit_rate": stats.cached_prompt_tokens / max(stats.prompt_tokens, 1),
+            "env_wait_s_per_env": stats.wait_env_s / max(cfg.rollout.num_actors * cfg.rollout.envs_per_actor, 1),
+        },
         "publish_to_first_token_s": first_token_latencies(pipeline, reports),
         "ledger": ledger.as_dict(),
         "rollout_actor_deaths": rollouts["rollout_actor_deaths"],

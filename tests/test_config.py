@@ -245,3 +245,12 @@ def test_any_typed_values_give_a_config_or_a_config_error_naming_a_key(data):
 def test_zz_report_the_property_cases():
     print(f"\nproperty test: {CASES['tried']} random configs tried, {CASES['valid']} valid, {CASES['tried'] - CASES['valid']} rejected by name")
     assert CASES["tried"] in (0, 400)  # 0 when the property test was deselected
+
+
+def test_continuous_scheduling_is_checked_against_the_engine():
+    with pytest.raises(ConfigError, match=r"rollout.scheduling.*'sometimes'.*auto, continuous, lockstep"):
+        load("rollout.scheduling=sometimes")
+    with pytest.raises(ConfigError, match=r"rollout.scheduling.*auto or lockstep with engine.kind=hf"):
+        load("rollout.scheduling=continuous", "engine=hf")
+    assert load("rollout.scheduling=continuous").rollout.scheduling == "continuous"
+    assert load("rollout.scheduling=auto", "engine=hf").rollout.scheduling == "auto"  # auto: lockstep on the HF engine
