@@ -11,8 +11,7 @@ from actors.engine import Sampling
 from actors.rollout import RolloutWorker
 from core.episode import EpisodeSpec
 from envs.corridor import CorridorEnv
-from tests.helpers import final, ledger_of
-from tests.test_rollout import PROMPT, VARIATIONS, HangingCorridor, HFTinyEngine, corridor
+from tests.test_rollout import PROMPT, VARIATIONS, HangingCorridor, HFTinyEngine, check_one_timeout_replayed, corridor
 
 pytestmark = pytest.mark.slow
 
@@ -100,13 +99,7 @@ def test_a_slow_env_holds_back_no_one(vllm_engine, tiny_model_dir):
 def test_a_hung_env_times_out_and_is_replayed_while_the_others_play(vllm_engine, tiny_model_dir):
     HangingCorridor.instances = 0
     worker = make_worker(vllm_engine, tiny_model_dir, env_factory=HangingCorridor, num_envs=2, env_step_timeout_s=2.0, max_episode_retries=2)
-    attempts = worker.run([EpisodeSpec("corridor-3", v) for v in range(3)])
-    episodes = final(attempts)
-    assert len(episodes) == 3 and all(e.status == "finished" for e in episodes)
-    assert "env_timeout: EnvTimeout: no answer within 2 s" in [e for e in attempts if e.retried][0].failure_reason
-    ledger = ledger_of(3, attempts)
-    assert dict(ledger.failed) == {"env_timeout": 1} and ledger.retried == 1
-    assert ledger.started == ledger.finished + ledger.num_failed == 4
+    check_one_timeout_replayed(worker.run([EpisodeSpec("corridor-3", v) for v in range(3)]), specs=3)
 
 
 def test_continuous_needs_an_engine_that_batches_requests(tiny_model_dir):

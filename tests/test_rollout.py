@@ -138,12 +138,17 @@ def test_a_hung_env_times_out_is_replaced_and_the_episode_replayed(tiny_model_di
     start = time.monotonic()
     attempts = worker.run([EpisodeSpec("corridor-3", v) for v in range(3)])
     assert time.monotonic() - start < 60  # the hang cost the timeout, not the 120 s it would have lasted
+    check_one_timeout_replayed(attempts, specs=3)
+
+
+def check_one_timeout_replayed(attempts, specs: int) -> None:
+    """One attempt hung past the 2 s timeout and was replayed; every spec finished once."""
     episodes = final(attempts)
-    assert len(episodes) == 3 and all(e.status == "finished" for e in episodes)
+    assert len(episodes) == specs and all(e.status == "finished" for e in episodes)
     assert "env_timeout: EnvTimeout: no answer within 2 s" in [e for e in attempts if e.retried][0].failure_reason
-    ledger = ledger_of(3, attempts)
+    ledger = ledger_of(specs, attempts)
     assert dict(ledger.failed) == {"env_timeout": 1} and ledger.retried == 1
-    assert ledger.started == ledger.finished + ledger.num_failed == 4
+    assert ledger.started == ledger.finished + ledger.num_failed == specs + 1
 
 
 def test_bad_spec_is_an_error_not_an_episode(tiny_model_dir):
