@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -32,9 +31,8 @@ from actors.engine import Sampling
 from actors.pool import EngineFactory, EnvFactory, engine_threads
 from actors.prompting import PromptSettings
 from actors.rollout import RolloutWorker, turn_seed
-from benchmarks.step_quality import load_config
-from core.episode import Episode, EpisodeSpec
-from envs import variation_counts
+from benchmarks.step_quality import benchmark_config, distinct_game_specs
+from core.episode import Episode
 from envs.specs import prepare_env_assets
 from pipeline.models import resolve_model_dir
 
@@ -74,13 +72,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=textworld_debug)")
     args = parser.parse_args()
 
-    overrides = args.overrides if any(o.startswith("experiment=") for o in args.overrides) else ["experiment=textworld_debug", *args.overrides]
-    cfg = load_config(overrides)
+    overrides, cfg = benchmark_config(args.overrides)
     model_dir = resolve_model_dir(cfg)
-    counts = variation_counts(cfg.env, [args.split])[args.split]
-    games = [(task, v) for task, n in counts.items() for v in range(n)]
-    chosen = random.Random(args.seed).sample(games, min(args.episodes, len(games)))
-    specs = [EpisodeSpec(task, v, args.split, uid=f"b{i}", seed=args.seed * 100_003 + i) for i, (task, v) in enumerate(chosen)]
+    specs = distinct_game_specs(cfg, args.split, args.episodes, args.seed, "b")
     prepare_env_assets(cfg, specs)  # games made before any clock starts
     r = cfg.rollout
     sampling = Sampling(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens)

@@ -57,12 +57,23 @@ def load_config(overrides: list[str]) -> Config:
         return validate(compose("config", overrides=overrides), job="rollout")
 
 
-def play(cfg: Config, model_dir: str, split: str, num_episodes: int, seed: int) -> list[Episode]:
-    """Episodes of the policy on distinct games of ``split`` (one attempt each; failures dropped)."""
+def benchmark_config(overrides: list[str]) -> tuple[list[str], Config]:
+    """The benchmarks' config: the Hydra overrides, ``experiment=textworld_debug`` unless they name one."""
+    if not any(o.startswith("experiment=") for o in overrides):
+        overrides = ["experiment=textworld_debug", *overrides]
+    return overrides, load_config(overrides)
+
+
+def distinct_game_specs(cfg: Config, split: str, num_episodes: int, seed: int, prefix: str) -> list[EpisodeSpec]:
+    """Seeded specs of up to ``num_episodes`` distinct games of ``split``, drawn with ``seed``."""
     counts = variation_counts(cfg.env, [split])[split]
     games = [(task, v) for task, n in counts.items() for v in range(n)]
-    rng = random.Random(seed)
-    chosen = rng.sample(games, min(num_episodes, len(games)))
+    chosen = random.Random(seed).sample(games, min(num_episodes, len(games)))
+    return [EpisodeSpec(task, v, split, uid=f"{prefix}{i}", seed=seed * 100_003 + i) for i, (task, v) in enumerate(chosen)]
+
+
+def play(cfg: Config, model_dir: str, split: str, num_episodes: int, seed: int) -> list[Episode]:
+    """Episodes of the policy on distinct games of ``split`` (one attempt each; failures dropped)."""
     r = cfg.rollout
     worker = RolloutWorker(
         0, EngineFactory(cfg, model_dir, engine_threads(cfg, 1, 0), seed), EnvFactory(cfg), model_dir,
@@ -70,7 +81,7 @@ def play(cfg: Config, model_dir: str, split: str, num_episodes: int, seed: int) 
         PromptSettings.from_rollout(r), cfg.engine.max_model_len,
     )  # fmt: skip
     try:
-        specs = [EpisodeSpec(task, v, split, uid=f"q{i}", seed=seed * 100_003 + i) for i, (task, v) in enumerate(chosen)]
+        specs = distinct_game_specs(cfg, split, num_episodes, seed, "q")
         return [e for e in worker.run(specs) if e.status == "finished" and not e.retried]
     finally:
         worker.close()
@@ -141,8 +152,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=textworld_debug)")
     args = parser.parse_args()
 
-    overrides = args.overrides if any(o.startswith("experiment=") for o in args.overrides) else ["experiment=textworld_debug", *args.overrides]
-    cfg = load_config(overrides)
+    overrides, cfg = benchmark_config(args.overrides)
     policy_dir = resolve_model_dir(cfg)
     episodes = play(cfg, policy_dir, args.split, args.episodes, args.seed)
     labels = [s.progress for e in episodes for s in e.steps if s.progress is not None]
