@@ -17,15 +17,17 @@ An engine does these things, all on token ids (token-in/token-out):
   them (HF) is driven in lockstep: one ``generate`` call per turn.
 - ``load_adapter`` / ``drop_adapter``: LoRA versions from in-memory tensors. Version 0 is the base
   model; at most ``max_versions`` adapters are resident and loading one more evicts the oldest.
+  ``load_checked`` loads one and proves it took (``verify_swap``), whatever the engine.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.adapter import AdapterWeights
+from core.adapter import AdapterMismatch, AdapterWeights, Published, SwapCheck
 
 
 class EngineError(ValueError):
@@ -170,3 +172,37 @@ def split_cores(available: list[int], num_actors: int, index: int) -> str:
     per = len(available) // num_actors
     mine = available[index * per : (index + 1) * per]
     return ",".join(str(c) for c in mine)
+
+
+def verify_swap(engine: InferenceEngine, adapter: AdapterWeights, check: SwapCheck) -> dict:
+    """Prove that ``engine`` now serves ``adapter`` as the learner has it: the fetched tensors hash to
+    the learner's digest, and the probe's continuation log-probs under the new version are within the
+    check's tolerance (nats per token, mean absolute difference) of the learner's.
+    ``AdapterMismatch`` otherwise, naming the version and both values. Returns what was measured."""
+    digest = adapter.digest()
+    if digest != check.digest:
+        raise AdapterMismatch(f"adapter version {adapter.version} arrived with tensors hashing to {digest}, the learner published {check.digest}")
+    (got,) = engine.score([check.prompt_ids], [check.continuation_ids], [adapter.version])
+    diff = sum(abs(a - b) for a, b in zip(got, check.logprobs, strict=True)) / len(got)
+    if not diff <= check.tolerance:  # NaN fails too
+        raise AdapterMismatch(
+            f"adapter version {adapter.version}: the engine's probe log-probs differ from the learner's by {diff:.4f} nats per token "
+            f"(tolerance {check.tolerance}): engine {sum(got):.4f}, learner {sum(check.logprobs):.4f} in all. "
+            "The engine is not serving the adapter the learner trained"
+        )
+    return {"version": adapter.version, "probe_diff": diff}
+
+
+def load_checked(engine: InferenceEngine, published: Published) -> dict:
+    """Fetch ``published``, load it into ``engine`` and verify it (when it carries a check). Returns the
+    swap's timings (``fetch_s``, ``load_s``, ``check_s``) and, when checked, ``probe_diff``."""
+    start = time.perf_counter()
+    adapter = published.fetch()
+    fetched = time.perf_counter()
+    engine.load_adapter(adapter)
+    loaded = time.perf_counter()
+    out = {"version": adapter.version, "fetch_s": fetched - start, "load_s": loaded - fetched}
+    if published.check is not None:
+        out.update(verify_swap(engine, adapter, published.check))
+    out["check_s"] = time.perf_counter() - loaded
+    return out

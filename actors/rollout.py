@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from actors.engine import Generation, InferenceEngine, Sampling, supports_continuous_batching
+from actors.engine import Generation, InferenceEngine, Sampling, load_checked, supports_continuous_batching
 from actors.prompting import PromptSettings, build_messages, encode_prompt, history_entry, parse_action
 from conf.schema import SCHEDULES
 from core.adapter import AdapterWeights, Published
@@ -162,6 +162,7 @@ class RolloutWorker:
         self.policy_version = 0
         self.stats = ThroughputStats()
         self.first_use: dict[int, float] = {}  # policy version -> wall time its first tokens were generated
+        self.swaps: list[dict] = []  # per version loaded from a publish: its fetch, load and check times
 
     def ready(self) -> bool:
         """True once built; raises ``ActorSetupError`` if the constructor failed on bad input."""
@@ -177,9 +178,11 @@ class RolloutWorker:
         return self.policy_version
 
     def catch_up(self, adapter: Published | None) -> None:
-        """Load ``adapter`` unless this actor holds it already (after a restart it holds only the base)."""
+        """Load ``adapter`` unless this actor holds it already (after a restart it holds only the base),
+        and verify it took (``actors.engine.load_checked``: ``AdapterMismatch`` stops the run)."""
         if adapter is not None and adapter.version > self.policy_version:
-            self.load_adapter(adapter.fetch())
+            self.swaps.append(load_checked(self.engine, adapter))
+            self.policy_version = adapter.version
 
     def resident_versions(self) -> list[int]:
         self.ready()
@@ -466,6 +469,7 @@ class RolloutWorker:
             "stats": self.stats,
             "version": self.policy_version,
             "first_use": dict(self.first_use),
+            "swaps": list(self.swaps),
         }
 
     def close(self) -> None:

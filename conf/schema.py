@@ -104,6 +104,9 @@ class LearnerConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    # After loading a published version, every engine checks the tensors' hash and a fixed probe's
+    # log-probs against the learner's; more than this many nats per token apart stops the run (null: off)
+    swap_check_tol: float | None = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -323,6 +326,7 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(l.lora_rank <= g.max_lora_rank, "learner.lora_rank", l.lora_rank, f"at most engine.max_lora_rank={g.max_lora_rank}")
     _check(l.lora_alpha > 0, "learner.lora_alpha", l.lora_alpha, "a number > 0")
     _check(0 <= l.lora_dropout < 1, "learner.lora_dropout", l.lora_dropout, "in [0, 1)")
+    _check(l.swap_check_tol is None or l.swap_check_tol >= 0, "learner.swap_check_tol", l.swap_check_tol, "a number >= 0 (nats per token) or null (no check)")
     _check(
         len(l.target_modules) > 0 and "lm_head" not in l.target_modules,
         "learner.target_modules",

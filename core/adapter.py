@@ -7,16 +7,46 @@ The tensors use PEFT's state-dict names (``base_model.model....lora_A.weight``) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+# The probe every swap is checked with: a short text whose continuation's log-probs the learner computes
+# under the new version and every engine that loads it must reproduce (temperature 1).
+PROBE_PROMPT = "You are in a kitchen. On the counter you see a red apple and a knife.\n> "
+PROBE_CONTINUATION = "take the red apple"
+
+
+def probe_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The probe's prompt and continuation as token ids of ``tokenizer``."""
+    prompt = tokenizer(PROBE_PROMPT, add_special_tokens=False)["input_ids"]
+    return prompt, tokenizer(PROBE_CONTINUATION, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(frozen=True)
+class SwapCheck:
+    """What an engine must show after loading a version: the same tensors (``digest``) and, for the
+    probe's continuation tokens, the learner's log-probs under that version (``logprobs``) within
+    ``tolerance`` nats per token (mean absolute difference)."""
+
+    digest: str
+    prompt_ids: list[int]
+    continuation_ids: list[int]
+    logprobs: list[float]
+    tolerance: float
+
+
+class AdapterMismatch(RuntimeError):
+    """An engine's loaded adapter is not the learner's: other tensors, or log-probs that disagree."""
+
 
 @dataclass(frozen=True)
 class Published:
-    """The current policy version as a message to actors: its number and its object-store reference.
+    """The current policy version as a message to actors: its number, its object-store reference and
+    the check an actor runs after loading it (None: unchecked).
 
     The reference travels inside a list, so Ray hands it over as a reference and an actor fetches
     the tensors only when it does not hold that version yet (a restarted actor catching up).
@@ -24,6 +54,7 @@ class Published:
 
     version: int
     refs: list
+    check: SwapCheck | None = None
 
     def fetch(self) -> AdapterWeights:
         import ray
@@ -50,6 +81,15 @@ class AdapterWeights:
     @property
     def rank(self) -> int:
         return int(self.peft_config["r"])
+
+    def digest(self) -> str:
+        """A hash of the tensors (names, dtypes, shapes and bytes): equal on both ends of a swap."""
+        h = hashlib.sha256()
+        for name in sorted(self.tensors):
+            tensor = self.tensors[name].detach().contiguous().cpu()
+            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(memoryview(tensor.view(torch.uint8).numpy()))
+        return h.hexdigest()[:16]
 
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from conf.schema import Config
 from core.episode import EpisodeSpec
@@ -32,13 +34,44 @@ def step_specs(cfg: Config, step: int) -> list[EpisodeSpec]:
     return episode_specs(cfg, groups, cfg.env.split, seed=cfg.seed * 100_003 + step, uid_prefix=f"step{step:05d}")
 
 
-def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec]) -> None:
-    """Generate the TextWorld games the specs need before actors ask for them (in parallel)."""
+def prepare_env_assets(cfg: Config, specs: list[EpisodeSpec], workers: int | None = None) -> None:
+    """Generate the TextWorld games the specs need before actors ask for them (``workers`` at once: all
+    cores unless given)."""
     if cfg.env.name == "textworld":
         from envs.textworld_cooking import ensure_games
 
         cache = cfg.env.cache_dir or default_cache_dir()
-        ensure_games(cache, sorted({(s.task, s.split, s.variation) for s in specs}), workers=os.cpu_count() or 1)
+        ensure_games(cache, sorted({(s.task, s.split, s.variation) for s in specs}), workers=workers or os.cpu_count() or 1)
+
+
+class AssetsAhead:
+    """Each learner step's env assets, made ahead: while step k plays, one background thread makes the
+    games of steps k+1 .. k+``ahead`` (one ``tw-make`` at a time, so the rollouts keep the other cores),
+    and ``ready(k + 1)`` then finds them made. Only the first step's (and a step the thread has not
+    reached yet) are made on the critical path; ``wait_s`` is the time ``ready`` waited in all."""
+
+    def __init__(self, cfg: Config, steps: int, ahead: int = 1) -> None:
+        self.cfg, self.steps, self.ahead = cfg, steps, ahead
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-assets")
+        self.made: dict[int, Future] = {}
+        self.wait_s = 0.0
+
+    def ready(self, step: int) -> None:
+        """Return once step ``step``'s assets exist (an error making them is raised here), and start
+        making the next ``ahead`` steps' in the background."""
+        start = time.perf_counter()
+        made = self.made.pop(step, None)
+        if made is None:
+            prepare_env_assets(self.cfg, step_specs(self.cfg, step))
+        else:
+            made.result()
+        self.wait_s += time.perf_counter() - start
+        for later in range(step + 1, min(step + self.ahead, self.steps - 1) + 1):
+            if later not in self.made:
+                self.made[later] = self.pool.submit(prepare_env_assets, self.cfg, step_specs(self.cfg, later), 1)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def evaluation_specs(cfg: Config) -> list[EpisodeSpec]:

@@ -27,6 +27,16 @@ def _format_reward(metrics: dict) -> str:
     return ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
 
+def _format_swap(swap: dict) -> str:
+    if not swap["swaps"]:
+        return ""
+    checked = f", largest probe difference {swap['probe_diff_max']:.4f} nats/token" if swap["probe_diff_max"] is not None else " (unchecked)"
+    return (
+        f"adapter swaps ({swap['swaps']}, mean s): learner share {swap['share_s']:.2f}, actor fetch {swap['fetch_s']:.3f}, "
+        f"load {swap['load_s']:.3f}, check {swap['check_s']:.3f}{checked}\n"
+    )
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dict_cfg: DictConfig) -> dict:
     cfg, run_dir = begin_run(dict_cfg, "train")
@@ -39,6 +49,7 @@ def main(dict_cfg: DictConfig) -> dict:
         f"time split (s): {', '.join(f'{k} {v:.1f}' for k, v in summary['time_split_s'].items())}\n"
         f"publish -> first token on the new version (s): "
         f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
+        + _format_swap(summary["adapter_swap"])
         + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
         + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")
         + (

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from conf.schema import LearnerConfig
-from core.adapter import AdapterWeights, CheckpointError, Published
+from core.adapter import AdapterWeights, CheckpointError, Published, SwapCheck, probe_ids
 from core.episode import Episode
 from core.memory import release_freed_memory
 from core.precision import compute_dtype
@@ -64,7 +64,7 @@ class Learner:
         mixed-precision LoRA training does; ``learner.bf16_autocast`` runs the matmuls in bfloat16."""
         import deepspeed
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self.cfg = cfg
         self.temperature = temperature
@@ -79,6 +79,7 @@ class Learner:
         seed_everything(seed)
 
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        self.probe = probe_ids(AutoTokenizer.from_pretrained(model_dir))  # what each swap is checked with
         eos = GenerationConfig.from_model_config(model.config).eos_token_id
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
         lora = LoraConfig(
@@ -212,14 +213,14 @@ class Learner:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _forward_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward_logprobs(self, batch: dict[str, torch.Tensor], temperature: float | None = None) -> torch.Tensor:
         """Log-probs of the target tokens; logits only for the last ``keep`` positions (the actions)."""
         keep = int(batch["keep"])
         logits = self.engine(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"], logits_to_keep=keep,
         ).logits  # fmt: skip
-        return token_logprobs(logits[:, :-1], batch["targets"], self.temperature)
+        return token_logprobs(logits[:, :-1], batch["targets"], self.temperature if temperature is None else temperature)
 
     def _micro_step(self, micro: list[Sample], normaliser: float, objective: str = "policy") -> dict[str, float]:
         # An empty micro-batch still runs (with zero loss): every rank must take part in each backward.
@@ -263,11 +264,21 @@ class Learner:
         ``current_adapter``), put into the object store once, by rank 0, which returns it; the other
         ranks take part in the gather and return None. None also for version 0 (the base model)."""
         adapter = self.publish() if new_version else self.current_adapter()
-        if self.rank != 0 or adapter is None:
+        if adapter is None:
+            return None
+        check = self.swap_check(adapter) if self.cfg.swap_check_tol is not None else None  # every rank: a forward
+        if self.rank != 0:
             return None
         import ray
 
-        return Published(adapter.version, [ray.put(adapter)])
+        return Published(adapter.version, [ray.put(adapter)], check)
+
+    def swap_check(self, adapter: AdapterWeights) -> SwapCheck:
+        """What an engine that loads ``adapter`` (the current weights) must reproduce: its digest and the
+        probe's log-probs at temperature 1 (``actors.engine.verify_swap``)."""
+        prompt, continuation = self.probe
+        (logprobs,) = self.adapter_logprobs([prompt], [continuation], temperature=1.0)
+        return SwapCheck(adapter.digest(), prompt, continuation, logprobs, self.cfg.swap_check_tol)
 
     def current_adapter(self) -> AdapterWeights | None:
         """The adapter of the current version, unchanged (a resumed run hands it to fresh actors)."""
@@ -276,13 +287,14 @@ class Learner:
         with self._gathered():
             return AdapterWeights.from_peft_model(self.engine.module, self.version)
 
-    def adapter_logprobs(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
-        """Teacher-forced log-probs of the continuations under the current adapter (checks against actors)."""
+    def adapter_logprobs(self, prompts: list[list[int]], continuations: list[list[int]], temperature: float | None = None) -> list[list[float]]:
+        """Teacher-forced log-probs of the continuations under the current adapter (checks against
+        actors), at the sampling temperature unless ``temperature`` is given."""
         self.engine.eval()
         samples = [Sample(p + c, len(p), [0.0] * len(c), 0.0, self.version) for p, c in zip(prompts, continuations)]
         batch = {k: v.to(self.device) for k, v in collate(samples, self.pad_id).items()}
         with torch.no_grad():
-            logprobs = self._forward_logprobs(batch)
+            logprobs = self._forward_logprobs(batch, temperature)
         return [row[len(row) - len(c) :].tolist() for row, c in zip(logprobs, continuations)]
 
     def save_checkpoint(self, directory: str | Path) -> Path:

@@ -34,12 +34,12 @@ from conf.schema import Config, validate
 from core.adapter import CheckpointError, Published
 from core.episode import Episode
 from core.ledger import EpisodeLedger
-from envs.specs import episode_specs, prepare_env_assets, step_specs
+from envs.specs import AssetsAhead, episode_specs, prepare_env_assets, step_specs
 from learner.ranks import make_learners
 from pipeline.cluster import Placement, check_resources, link_actor_logs, start_ray
 from pipeline.models import resolve_model_dir
 from pipeline.tracking import RunLogger, WandbSettings
-from reward.pool import make_evaluators
+from reward.pool import evaluators_restarted, make_evaluators
 from reward.stage import RewardActor
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,9 @@ class Pipeline:
         self.calibration: dict | None = None  # the reward stage's calibration state after the last collected batch
         self.reward_stage_restarts = 0
         self.learners, self.rendezvous = make_learners(cfg, model_dir, self.placement.bundles("learner"))
+        self.assets = AssetsAhead(cfg, cfg.learner.steps)
         self.publish_times: dict[int, float] = {}
+        self.share_s: dict[int, float] = {}  # per version: the learners' gather, swap check and object-store put
         self.ledger = EpisodeLedger()
 
     @property
@@ -125,7 +127,7 @@ class Pipeline:
     def generate(self, step: int) -> Batch:
         """Start learner step ``step``'s batch on the current policy version."""
         specs = step_specs(self.cfg, step)
-        prepare_env_assets(self.cfg, specs)  # this step's TextWorld games (made once, then cached)
+        self.assets.ready(step)  # this step's TextWorld games, made ahead in the background from step 1 on
         batch = Batch(step, self.rollouts.published, EpisodeLedger())
         episodes = self.rollouts.play(specs, batch.ledger)  # bound to this version now, played in the thread
         batch.scoring = self.reward.consume.remote(self.episode_queue, self.learner_queue, batch.adapter, self.calibration)
@@ -222,6 +224,7 @@ class Pipeline:
         self.rollouts.publish(published)
         if published is not None:
             self.publish_times[published.version] = start
+            self.share_s[published.version] = time.time() - start
         return self.rollouts.version
 
     def evaluate(self, specs: list) -> dict:
@@ -268,6 +271,7 @@ class Pipeline:
             raise stopped(f"{stopped.who} died: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
 
     def close(self) -> None:
+        self.assets.close()
         for actor in self.evaluators + self.learners + [self.reward]:
             ray.kill(actor)
         self.rollouts.close()
@@ -283,6 +287,22 @@ def first_token_latencies(pipeline: Pipeline, reports: list[dict]) -> dict[int, 
         for version, t in report["first_use"].items():
             firsts[version] = min(firsts.get(version, t), t)
     return {v: firsts[v] - t0 for v, t0 in pipeline.publish_times.items() if v in firsts}
+
+
+def swap_split(pipeline: Pipeline, reports: list[dict]) -> dict:
+    """Publish -> first token, split (seconds, mean over the versions and actors that loaded them): the
+    learners' share (gather, swap check, object-store put), each actor's fetch, engine load and check;
+    and the largest probe difference any engine showed (nats per token)."""
+    swaps = [swap for report in reports for swap in report["swaps"] if swap["version"] in pipeline.publish_times]
+    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+    return {
+        "swaps": len(swaps),
+        "share_s": mean(list(pipeline.share_s.values())),
+        "fetch_s": mean([s["fetch_s"] for s in swaps]),
+        "load_s": mean([s["load_s"] for s in swaps]),
+        "check_s": mean([s["check_s"] for s in swaps]),
+        "probe_diff_max": max((s["probe_diff"] for s in swaps if "probe_diff" in s), default=None),
+    }
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -422,7 +442,7 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
         "reward_by_step": [{k: v for k, v in h.items() if k.split("/")[0] in ("reward", "self_eval", "calibration")} for h in history],
         "mean_score_by_step": [h["return_mean"] for h in history],
         "wall_s": wall_s,
-        "time_split_s": {"generate (actor sum)": stats.generate_s, "env (actor sum)": stats.env_s, **time_split},
+        "time_split_s": {"generate (actor sum)": stats.generate_s, "env (actor sum)": stats.env_s, **time_split, "env assets (waited)": pipeline.assets.wait_s},
         "rollout": {
             "scheduling": "continuous" if all(r.get("continuous") for r in reports) else "lockstep",
             "generated_tokens": stats.generated_tokens,
@@ -430,9 +450,11 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
             "env_wait_s_per_env": stats.wait_env_s / max(cfg.rollout.num_actors * cfg.rollout.envs_per_actor, 1),
         },
         "publish_to_first_token_s": first_token_latencies(pipeline, reports),
+        "adapter_swap": swap_split(pipeline, reports),
         "ledger": ledger.as_dict(),
         "rollout_actor_deaths": rollouts["rollout_actor_deaths"],
         "reward_stage_restarts": pipeline.reward_stage_restarts,
+        "evaluators_restarted": evaluators_restarted(pipeline.evaluators),
         "last_failures": rollouts["last_failures"],
         "no_spread_steps": [h["step"] for h in history if h.get("warning") == NO_SPREAD],
     }

@@ -12,6 +12,7 @@ import math
 
 import ray
 
+from actors.engine import load_checked
 from actors.rollout import SETUP_ERRORS, ActorSetupError
 from core.adapter import AdapterWeights, Published
 from core.episode import Episode, SelfEvaluation
@@ -61,7 +62,8 @@ class SelfEvaluator:
         nothing; a non-finite value is caught here, at its source, with the episode id.
         """
         if self.follow_policy and adapter is not None and adapter.version > self.version:
-            self.load_adapter(adapter.fetch())
+            load_checked(self.engine, adapter)  # AdapterMismatch: this call fails, its episodes degrade
+            self.version = adapter.version
         before = self.engine.computed_tokens
         results: list[SelfEvaluation | str | None] = [None] * len(episodes)
         plans = []
@@ -135,6 +137,10 @@ class SelfEvaluator:
             answer_logprobs=outcome_logprobs,
             progress_yes=progress_yes,
         )
+
+    def restarted(self) -> bool:
+        """Whether Ray restarted this actor (after its process died); call it only on the actor."""
+        return ray.get_runtime_context().was_current_actor_reconstructed
 
     def close(self) -> None:
         if self.engine is not None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import ray
+from ray.exceptions import RayActorError
+
 from actors.pool import ACTOR_ENV_VARS, EngineFactory, engine_threads
 from conf.schema import Config
 from reward.evaluator import EvaluatorActor
@@ -34,3 +37,17 @@ def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] 
             )
         )
     return evaluators
+
+
+def evaluators_restarted(evaluators: list) -> int:
+    """How many of the evaluator actors Ray restarted during the run (at least once), or lost for good.
+
+    An evaluator killed between two calls is restarted before the next one and degrades nothing: this
+    count is where its death shows."""
+    count = 0
+    for evaluator in evaluators:
+        try:
+            count += ray.get(evaluator.restarted.remote())
+        except RayActorError:  # dead, its restarts used up
+            count += 1
+    return count

@@ -14,6 +14,8 @@ rollout coordinator's (``actors.coordinator``).
 - An evaluator call that fails (its actor died) or runs past ``reward.timeout_s`` degrades its episodes
   to env-only reward: counted, logged with the reason, never blocking the pipeline. Ray restarts a dead
   evaluator (``reward.max_restarts``) and it catches up to the given adapter version on its next call.
+  An evaluator whose engine fails the swap check (``AdapterMismatch``) stops the run instead: it would
+  degrade every batch from then on.
 - Each call returns how many episodes it scored and degraded; the run's one ledger is the driver's.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 import ray
 
 from conf.schema import RewardConfig
-from core.adapter import Published
+from core.adapter import AdapterMismatch, Published
 from core.episode import AnswerSample, Episode, SelfEvaluation
 from reward.hindsight import HindsightSettings
 from reward.mise import (
@@ -130,6 +132,8 @@ class RewardStage:
             episodes, _ = pending.pop(ref)
             try:
                 judgements, tokens = ray.get(ref)
+            except AdapterMismatch:  # an evaluator that cannot serve the policy would degrade every batch
+                raise
             except Exception as error:  # the actor died or raised: these episodes keep their env reward
                 reason = f"evaluator failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
                 for episode in episodes:

@@ -85,7 +85,10 @@ def test_a_run_survives_killed_actors_and_envs_and_accounts_for_every_episode(ti
     assert sum(n for reason, n in ledger["failed"].items() if reason.startswith("env_")) >= 1  # the killed JVM
     assert ledger["retried"] == sum(ledger["failed"].values())  # every failed attempt was played again
     assert ledger["dropped"].get("stale", 0) == 0  # restarted actors caught up to the current adapter
-    assert ledger["degraded"] >= 1  # the evaluator's batch (or the next, while it restarted) kept env reward
+    # The evaluator's death: Ray restarted it. Killed inside a call, that call's episodes kept their env
+    # reward (degraded); killed between calls, the next call waited for the restart and lost nothing.
+    print(f"evaluators restarted {summary['evaluators_restarted']}, degraded episodes {ledger['degraded']}")
+    assert summary["evaluators_restarted"] == 1
     # The reward stage's death (before, it stopped the run): Ray restarted it with the driver's calibration
     # state, and a batch it died in was scored again (counted here when the kill fell inside a batch).
     print(f"reward stage deaths noticed during a batch: {summary['reward_stage_restarts']}")

@@ -109,6 +109,34 @@ def test_saved_adapter_is_standard_peft(engines, prompts, adapter, smollm2_dir, 
     assert max_diff(peft_logprobs, engine_logprobs) < LOGPROB_TOL
 
 
+def test_a_swap_is_verified_and_an_adapter_that_never_took_is_caught(engines, adapter, smollm2_dir):
+    """The check every actor runs after loading a version (``actors.engine.verify_swap``): the learner's
+    digest and probe log-probs (here the HF + PEFT forward, which is the learner's) against the engine's."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from actors.engine import verify_swap
+    from core.adapter import AdapterMismatch, AdapterWeights, SwapCheck, probe_ids
+
+    prompt, continuation = probe_ids(AutoTokenizer.from_pretrained(smollm2_dir))
+    (learner_v1,) = engines["hf"].score([prompt], [continuation], [1])
+    check = SwapCheck(adapter.digest(), prompt, continuation, learner_v1, tolerance=1e-3)
+    assert verify_swap(engines["vllm"], adapter, check)["probe_diff"] < LOGPROB_TOL
+    # The fault: version 2 reaches the engine as other weights than the learner's (B zeroed: the base model).
+    v2 = AdapterWeights(2, adapter.tensors, adapter.peft_config)
+    never_took = AdapterWeights(2, {k: torch.zeros_like(t) if ".lora_B." in k else t for k, t in adapter.tensors.items()}, adapter.peft_config)
+    assert v2.digest() == adapter.digest() != never_took.digest()
+    engines["vllm"].load_adapter(never_took)
+    try:
+        with pytest.raises(AdapterMismatch, match="version 2: the engine's probe log-probs differ from the learner's"):
+            verify_swap(engines["vllm"], v2, SwapCheck(v2.digest(), prompt, continuation, learner_v1, tolerance=1e-3))
+    finally:
+        engines["vllm"].drop_adapter(2)
+    with pytest.raises(AdapterMismatch, match=f"version 1 arrived with tensors hashing to {adapter.digest()}"):
+        verify_swap(engines["hf"], adapter, dataclasses.replace(check, digest=never_took.digest()))
+
+
 @pytest.mark.parametrize("kind", ["vllm", "hf"])
 def test_at_most_max_versions_resident_oldest_evicted(engines, prompts, smollm2_dir, kind):
     engine = engines[kind]

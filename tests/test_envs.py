@@ -230,3 +230,27 @@ def test_non_utf8_control_and_huge_observations_are_cleaned_and_counted():
     clean = CorridorEnv([3], VARIATIONS)
     clean.reset("corridor-3", 0)
     assert clean.step("look").info["cleaned_observations"] == 0
+
+
+def test_the_next_steps_games_are_made_in_the_background_while_a_step_plays(tmp_path):
+    from conf.schema import Config, EnvConfig, LearnerConfig
+    from envs.specs import AssetsAhead, step_specs
+
+    cfg = Config(
+        env=EnvConfig(name="textworld", tasks=[TASK], variations={"train": 64}, cache_dir=str(tmp_path)),
+        learner=LearnerConfig(steps=3, episodes_per_step=4),
+        group_size=4,
+    )  # one game per step
+    games = [{game_path(tmp_path, s.task, s.split, s.variation) for s in step_specs(cfg, step)} for step in range(3)]
+    assets = AssetsAhead(cfg, steps=3)
+    try:
+        assets.ready(0)  # made now: nothing ran ahead of the first step
+        assert all(p.exists() for p in games[0])
+        assets.made[1].result(timeout=120)  # made meanwhile, by the background thread
+        assert all(p.exists() for p in games[1]) and not any(p.exists() for p in games[2])
+        assets.ready(1)  # finds them made, and starts step 2's
+        assert 2 in assets.made and set(assets.made) == {2}
+        assets.ready(2)
+        assert all(p.exists() for p in games[2]) and not assets.made  # nothing beyond the last step
+    finally:
+        assets.close()

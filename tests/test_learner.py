@@ -98,10 +98,11 @@ def test_after_publish_actors_sample_version_n_with_the_learners_logprobs(ray_lo
     for episode in first_batch:
         queue.put(episode)
     ray_local.get(learner.train_from_queue.remote(queue, 8))
-    adapter = ray_local.get(learner.publish.remote())
-    assert adapter.version == 1
-    assert ray_local.get(actor.load_adapter.remote(ray_local.put(adapter))) == 1
-    episodes = ray_local.get(actor.run.remote(specs[:4]))
+    published = ray_local.get(learner.share.remote())
+    assert published.version == 1 and published.check is not None
+    episodes = ray_local.get(actor.run.remote(specs[:4], published))  # the actor loads and checks it first
+    (swap,) = ray_local.get(actor.report.remote())["swaps"]
+    assert swap["version"] == 1 and swap["probe_diff"] < 1e-3  # float32 on both sides
     steps = [s for e in episodes for s in e.steps]
     assert {s.policy_version for s in steps} == {1}
     learner_logprobs = ray_local.get(learner.adapter_logprobs.remote([s.prompt_ids for s in steps], [s.action_ids for s in steps]))
