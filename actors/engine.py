@@ -146,6 +146,7 @@ def make_engine(cfg, model_dir: str, dtype: str, max_versions: int, seed: int, c
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             kv_cache_gib=cfg.kv_cache_gib,
             cpu_threads_bind=cpu_threads,
+            block_size=cfg.block_size,
         )
     if cfg.kind == "hf":
         from actors.hf_engine import HFEngine
@@ -195,13 +196,14 @@ def verify_swap(engine: InferenceEngine, adapter: AdapterWeights, check: SwapChe
 
 def load_checked(engine: InferenceEngine, published: Published) -> dict:
     """Fetch ``published``, load it into ``engine`` and verify it (when it carries a check). Returns the
-    swap's timings (``fetch_s``, ``load_s``, ``check_s``) and, when checked, ``probe_diff``."""
-    start = time.perf_counter()
+    swap's timings (wall time ``started_at``; ``fetch_s``, ``load_s``, ``check_s``) and, when checked,
+    ``probe_diff``."""
+    started_at, start = time.time(), time.perf_counter()
     adapter = published.fetch()
     fetched = time.perf_counter()
     engine.load_adapter(adapter)
     loaded = time.perf_counter()
-    out = {"version": adapter.version, "fetch_s": fetched - start, "load_s": loaded - fetched}
+    out = {"version": adapter.version, "started_at": started_at, "fetch_s": fetched - start, "load_s": loaded - fetched}
     if published.check is not None:
         out.update(verify_swap(engine, adapter, published.check))
     out["check_s"] = time.perf_counter() - loaded

@@ -161,7 +161,8 @@ class RolloutWorker:
         self.max_episode_retries = max_episode_retries
         self.policy_version = 0
         self.stats = ThroughputStats()
-        self.first_use: dict[int, float] = {}  # policy version -> wall time its first tokens were generated
+        self.first_request: dict[int, float] = {}  # policy version -> wall time its first request entered the engine
+        self.first_use: dict[int, float] = {}  # policy version -> wall time its first reply came back
         self.swaps: list[dict] = []  # per version loaded from a publish: its fetch, load and check times
 
     def ready(self) -> bool:
@@ -300,6 +301,10 @@ class RolloutWorker:
         slot.episode = None
         return episode
 
+    def _requested(self, versions: list[int]) -> None:
+        for version in set(versions) - self.first_request.keys():
+            self.first_request[version] = time.time()
+
     def _generated(self, generations: list[Generation], versions: list[int]) -> None:
         for version in set(versions) - self.first_use.keys():
             self.first_use[version] = time.time()
@@ -337,6 +342,7 @@ class RolloutWorker:
             return finished
         versions = [slot.version for slot, _ in batch]
         seeds = [turn_seed(slot.spec.seed, len(slot.episode.steps)) for slot, _ in batch]
+        self._requested(versions)
         start = time.perf_counter()
         generations = self.engine.generate([ids for _, ids in batch], versions, self.sampling, seeds if any(s is not None for s in seeds) else None)
         elapsed = time.perf_counter() - start
@@ -388,6 +394,7 @@ class RolloutWorker:
                 return failed
             assert slot.episode is not None and slot.spec is not None
             key = f"{slot.episode.episode_id}-t{len(slot.episode.steps)}"
+            self._requested([slot.version])
             self.engine.submit(key, ids, slot.version, self.sampling, turn_seed(slot.spec.seed, len(slot.episode.steps)))
             self.stats.prompt_tokens += len(ids)
             running[key] = (slot, ids, time.perf_counter())
@@ -468,6 +475,7 @@ class RolloutWorker:
             "continuous": self.continuous,
             "stats": self.stats,
             "version": self.policy_version,
+            "first_request": dict(self.first_request),
             "first_use": dict(self.first_use),
             "swaps": list(self.swaps),
         }

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,12 @@ def clean_feedback(text: str) -> str:
     return "\n".join(lines).strip()
 
 
+# TextWorld's game loading and state tracking share module-level parsers (tatsu): two envs of one
+# process loading games at once fail inside them. Every call into the library holds this lock, so a
+# rollout worker may reset and step its envs from a thread pool (they then take turns in the library).
+_LIBRARY = threading.RLock()
+
+
 class TextWorldCookingEnv(TextEnv):
     name = "textworld"
 
@@ -163,8 +170,9 @@ class TextWorldCookingEnv(TextEnv):
             policy_commands=True,  # the expert's plan from the current state: labels each step's progress
             extras=["walkthrough"],
         )
-        self._game = self._textworld.start(str(path), request_infos=infos)
-        state = self._game.reset()
+        with _LIBRARY:
+            self._game = self._textworld.start(str(path), request_infos=infos)
+            state = self._game.reset()
         self._max_score = max(int(state.max_score), 1)
         self._admissible = list(state.admissible_commands)
         self._walkthrough = list(state.get("extra.walkthrough") or [])
@@ -176,7 +184,8 @@ class TextWorldCookingEnv(TextEnv):
     def _step(self, action: str) -> tuple[str, float, bool, bool, bool]:
         command = " ".join(action.split())
         recognised = command.lower() in self._admissible
-        state, score, _ = self._game.step(command)
+        with _LIBRARY:
+            state, score, _ = self._game.step(command)
         self._admissible = list(state.admissible_commands or [])
         self._plan = list(state.policy_commands or [])
         return clean_feedback(state.feedback) or "Nothing happens.", score / self._max_score, bool(state.won), bool(state.lost), recognised
@@ -198,5 +207,6 @@ class TextWorldCookingEnv(TextEnv):
     def close(self) -> None:
         super().close()
         if self._game is not None:
-            self._game.close()
+            with _LIBRARY:
+                self._game.close()
             self._game = None

@@ -30,11 +30,11 @@ def _format_reward(metrics: dict) -> str:
 def _format_swap(swap: dict) -> str:
     if not swap["swaps"]:
         return ""
-    checked = f", largest probe difference {swap['probe_diff_max']:.4f} nats/token" if swap["probe_diff_max"] is not None else " (unchecked)"
-    return (
-        f"adapter swaps ({swap['swaps']}, mean s): learner share {swap['share_s']:.2f}, actor fetch {swap['fetch_s']:.3f}, "
-        f"load {swap['load_s']:.3f}, check {swap['check_s']:.3f}{checked}\n"
-    )
+    names = {"share_s": "learner share", "until_batch_s": "to the next batch", "fetch_s": "fetch", "load_s": "load", "check_s": "check",
+             "until_request_s": "to the first request", "first_reply_s": "first reply"}  # fmt: skip
+    parts = ", ".join(f"{name} {swap[key]:.3f}" for key, name in names.items() if swap[key] is not None)
+    checked = f"; largest probe difference {swap['probe_diff_max']:.4f} nats/token" if swap["probe_diff_max"] is not None else " (unchecked)"
+    return f"adapter swaps ({swap['swaps']}), mean s: {parts}{checked}\n"
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

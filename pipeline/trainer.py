@@ -290,18 +290,34 @@ def first_token_latencies(pipeline: Pipeline, reports: list[dict]) -> dict[int, 
 
 
 def swap_split(pipeline: Pipeline, reports: list[dict]) -> dict:
-    """Publish -> first token, split (seconds, mean over the versions and actors that loaded them): the
-    learners' share (gather, swap check, object-store put), each actor's fetch, engine load and check;
-    and the largest probe difference any engine showed (nats per token)."""
-    swaps = [swap for report in reports for swap in report["swaps"] if swap["version"] in pipeline.publish_times]
-    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+    """Publish -> first reply on the new version, split into its parts (seconds, mean over every actor
+    that loaded a published version): the learners' share (gather, swap check, object-store put); the
+    wait until the actor's next batch began; its fetch, engine load and check; the wait until its first
+    request on the version entered the engine; that request's reply. And the largest probe difference
+    any engine showed (nats per token)."""
+    parts: dict[str, list[float]] = {k: [] for k in ("share_s", "until_batch_s", "fetch_s", "load_s", "check_s", "until_request_s", "first_reply_s", "total_s")}
+    probe = []
+    for report in reports:
+        for swap in report["swaps"]:
+            v = swap["version"]
+            if v not in pipeline.publish_times:
+                continue
+            published = pipeline.publish_times[v] + pipeline.share_s[v]
+            loaded = swap["started_at"] + swap["fetch_s"] + swap["load_s"] + swap["check_s"]
+            parts["share_s"].append(pipeline.share_s[v])
+            parts["until_batch_s"].append(swap["started_at"] - published)
+            for key in ("fetch_s", "load_s", "check_s"):
+                parts[key].append(swap[key])
+            if v in report["first_request"] and v in report["first_use"]:
+                parts["until_request_s"].append(report["first_request"][v] - loaded)
+                parts["first_reply_s"].append(report["first_use"][v] - report["first_request"][v])
+                parts["total_s"].append(report["first_use"][v] - pipeline.publish_times[v])
+            if "probe_diff" in swap:
+                probe.append(swap["probe_diff"])
     return {
-        "swaps": len(swaps),
-        "share_s": mean(list(pipeline.share_s.values())),
-        "fetch_s": mean([s["fetch_s"] for s in swaps]),
-        "load_s": mean([s["load_s"] for s in swaps]),
-        "check_s": mean([s["check_s"] for s in swaps]),
-        "probe_diff_max": max((s["probe_diff"] for s in swaps if "probe_diff" in s), default=None),
+        "swaps": len(parts["fetch_s"]),
+        **{k: sum(v) / len(v) if v else None for k, v in parts.items()},
+        "probe_diff_max": max(probe, default=None),
     }
 
 

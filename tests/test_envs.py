@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from envs.base import EnvError
 from envs.corridor import CorridorEnv
 from envs.textworld_cooking import CookingSettings, TextWorldCookingEnv, ensure_game, game_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIATIONS = {"train": 50, "valid": 5, "test": 5}
 
@@ -254,3 +259,35 @@ def test_the_next_steps_games_are_made_in_the_background_while_a_step_plays(tmp_
         assert all(p.exists() for p in games[2]) and not assets.made  # nothing beyond the last step
     finally:
         assets.close()
+
+
+def test_textworld_envs_of_one_process_can_be_played_from_several_threads_at_once(tw_cache):
+    """A rollout worker's continuous schedule resets and steps its envs in a thread pool. TextWorld's
+    game loading shares module-level parsers: unguarded, the first resets of a fresh process, run at
+    once, raised from inside them (``IndexError: pop from empty list`` in tatsu). So the threads run
+    in a fresh process, and must see what one thread sees playing the same games alone."""
+    from envs.textworld_cooking import ensure_games
+
+    ensure_games(tw_cache, [(TASK, "train", v) for v in range(4)])
+    script = f"""
+import json, threading
+from concurrent.futures import ThreadPoolExecutor
+from envs.textworld_cooking import TextWorldCookingEnv
+envs = [TextWorldCookingEnv([{TASK!r}], {str(tw_cache)!r}, {VARIATIONS!r}, max_steps=30) for _ in range(4)]
+start = threading.Barrier(4)
+def play(v, together=True):
+    if together:
+        start.wait(timeout=60)  # every thread loads its game at the same moment
+    try:
+        seen = [envs[v].reset({TASK!r}, v, "train").observation]
+        return seen + [envs[v].step(c).observation for c in ["look", "inventory", "examine counter"]]
+    except Exception as error:
+        return f"{{type(error).__name__}}: {{error}}"
+with ThreadPoolExecutor(max_workers=4) as pool:
+    together = list(pool.map(play, range(4)))
+print(json.dumps({{"together": together, "alone": [play(v, together=False) for v in range(4)]}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    played = json.loads(result.stdout.strip().splitlines()[-1])
+    assert played["together"] == played["alone"]

@@ -30,3 +30,8 @@ def test_success_rate_rises_to_target_in_the_real_pipeline(ray_local, warm_model
     assert ledger["trained"] == STEPS * 32 and ledger["in_flight"] == 0
     assert ledger["trained"] + sum(ledger["dropped"].values()) == ledger["finished"]
     assert len(summary["publish_to_first_token_s"]) == STEPS  # every version was sampled (the last by the evaluation)
+    # Every version reached every rollout actor through the checked load, and its parts add up.
+    swap = summary["adapter_swap"]
+    assert swap["swaps"] == STEPS * cfg.rollout.num_actors and swap["probe_diff_max"] < cfg.learner.swap_check_tol
+    parts = ("share_s", "until_batch_s", "fetch_s", "load_s", "check_s", "until_request_s", "first_reply_s")
+    assert all(swap[k] >= 0 for k in parts) and abs(sum(swap[k] for k in parts) - swap["total_s"]) < 0.05, swap
