@@ -106,11 +106,12 @@ def main() -> None:
             "offline_prefill_tokens_per_s": computed_prompt / off_wall,
             "ratio_decode": (s.generated_tokens / wall) / (off_tokens / off_wall), "replies_that_differ_offline": differ,
             "success": sum(e.success for e in episodes) / max(len(episodes), 1),
+            "failed": sum(e.status == "failed" for e in episodes),
         }  # fmt: skip
         results["schedules"][schedule] = figures
         print(
             f"\n{schedule}: {len(episodes)} episodes, {s.env_steps} env steps in {wall:.1f} s (env {s.env_s:.1f} s, engine {s.generate_s:.1f} s), "
-            f"mean batch {figures['mean_batch']:.1f}, success {figures['success']:.3f}\n"
+            f"mean batch {figures['mean_batch']:.1f}, success {figures['success']:.3f}, failed {figures['failed']}\n"
             f"  rollout: decode {figures['decode_tokens_per_s']:.1f} tok/s, prefill {figures['prefill_tokens_per_s']:.1f} tok/s\n"
             f"  offline, the same requests in batches of {args.envs}: decode {figures['offline_decode_tokens_per_s']:.1f} tok/s, "
             f"prefill {figures['offline_prefill_tokens_per_s']:.1f} tok/s ({off_wall:.1f} s; {differ} of {s.env_steps} replies differ)\n"
