@@ -56,6 +56,7 @@ class Generation:
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS) or "length"
     cached_tokens: int = 0  # prompt tokens read from the prefix cache instead of computed
+    first_token_at: float | None = None  # wall time its first token came out (engines that stream tokens; else None)
 
 
 class InferenceEngine(Protocol):

@@ -126,7 +126,7 @@ class RolloutWorker:
         max_model_len: int,
         env_step_timeout_s: float = 0.0,
         max_episode_retries: int = 0,
-        scheduling: str = "lockstep",
+        scheduling: str = "auto",
     ) -> None:
         """A crashed, dead or hung env (a step slower than ``env_step_timeout_s``; 0: no limit) is
         replaced, and its episode is played again from the start up to ``max_episode_retries`` times;
@@ -163,6 +163,7 @@ class RolloutWorker:
         self.stats = ThroughputStats()
         self.first_request: dict[int, float] = {}  # policy version -> wall time its first request entered the engine
         self.first_use: dict[int, float] = {}  # policy version -> wall time its first reply came back
+        self.first_token: dict[int, float] = {}  # policy version -> wall time its first token came out (engines that stream)
         self.swaps: list[dict] = []  # per version loaded from a publish: its fetch, load and check times
 
     def ready(self) -> bool:
@@ -308,6 +309,9 @@ class RolloutWorker:
     def _generated(self, generations: list[Generation], versions: list[int]) -> None:
         for version in set(versions) - self.first_use.keys():
             self.first_use[version] = time.time()
+        for generation, version in zip(generations, versions):
+            if generation.first_token_at is not None:
+                self.first_token[version] = min(self.first_token.get(version, generation.first_token_at), generation.first_token_at)
         self.stats.generated_tokens += sum(len(g.token_ids) for g in generations)
         self.stats.cached_prompt_tokens += sum(g.cached_tokens for g in generations)
 
@@ -477,6 +481,7 @@ class RolloutWorker:
             "version": self.policy_version,
             "first_request": dict(self.first_request),
             "first_use": dict(self.first_use),
+            "first_token": dict(self.first_token),
             "swaps": list(self.swaps),
         }
 

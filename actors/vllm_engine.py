@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class VLLMEngine:
         # per call is exact there and costs little on CPU, where a prefill is already a full GEMM.
         self._score_per_request = current_platform.is_cpu()
         self.computed_tokens = 0
-        self._in_flight: set[str] = set()  # keys of submitted requests not yet returned by poll
+        self._in_flight: dict[str, float | None] = {}  # key of a submitted request not yet returned by poll -> wall time of its first token
         self.llm = LLM(
             model=model_dir,
             dtype=dtype,
@@ -124,13 +125,13 @@ class VLLMEngine:
             generations.append(self._generation(request))
         return generations
 
-    def _generation(self, request) -> Generation:
+    def _generation(self, request, first_token_at: float | None = None) -> Generation:
         out = request.outputs[0]
         ids = list(out.token_ids)
         logprobs = [step[token].logprob for token, step in zip(ids, out.logprobs)]
         cached = request.num_cached_tokens or 0
         self.computed_tokens += len(request.prompt_token_ids) - cached + len(ids)
-        return Generation(ids, logprobs, "stop" if out.finish_reason == "stop" else "length", cached)
+        return Generation(ids, logprobs, "stop" if out.finish_reason == "stop" else "length", cached, first_token_at)
 
     # --- continuous batching: requests join and leave the running batch between engine steps ---------
     def submit(self, key: str, prompt: Sequence[int], version: int, sampling: Sampling, seed: int | None) -> None:
@@ -140,10 +141,11 @@ class VLLMEngine:
 
         check_batch([prompt], [version])
         params = self._sampling_params(sampling, seed)
-        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, when it ends
+        # An output every engine step (the reply so far), so that poll sees when the first token came out.
+        params.output_kind = RequestOutputKind.CUMULATIVE
         lora = self._lora_requests([version])[0]
         self.llm.llm_engine.add_request(key, TokensPrompt(prompt_token_ids=list(prompt)), params, lora_request=lora)
-        self._in_flight.add(key)
+        self._in_flight[key] = None
 
     def poll(self) -> list[tuple[str, Generation]]:
         """Run one engine step (a prefill chunk or one decoded token for every running request);
@@ -151,10 +153,16 @@ class VLLMEngine:
         if not self._in_flight:
             return []
         done = []
-        for request in self.llm.llm_engine.step():
-            if request.finished and request.request_id in self._in_flight:
-                self._in_flight.discard(request.request_id)
-                done.append((request.request_id, self._generation(request)))
+        outputs = self.llm.llm_engine.step()
+        now = time.time()  # the step's tokens came out at its end
+        for request in outputs:
+            key = request.request_id
+            if key not in self._in_flight:
+                continue
+            if self._in_flight[key] is None and request.outputs and request.outputs[0].token_ids:
+                self._in_flight[key] = now
+            if request.finished:
+                done.append((key, self._generation(request, self._in_flight.pop(key))))
         return done
 
     def in_flight(self) -> int:

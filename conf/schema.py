@@ -72,6 +72,9 @@ class RolloutConfig:
     top_p: float = 1.0
     max_tokens: int = 24
     history_window: int = 2
+    # the shown history starts at a multiple of this many turns: 1 slides every turn; J > 1 shows
+    # history_window to history_window + J - 1 turns, one cached prefix for J turns (benchmarks/prompt_cache.py)
+    history_jump: int = 1
     max_observation_chars: int = 1200
     show_admissible: bool = True
     max_action_chars: int = 80
@@ -81,7 +84,7 @@ class RolloutConfig:
     # continuous: each episode's request joins the engine's running batch when its prompt is ready and
     # its env steps in a pool meanwhile (vllm only) | lockstep: one batched call per turn, then every env
     # steps | auto: continuous where the engine can (vllm), else lockstep (hf)
-    scheduling: str = "lockstep"
+    scheduling: str = "auto"
     env_step_timeout_s: float = 60.0  # an env reset/step slower than this counts as a hung env (0: no limit)
     max_episode_retries: int = 2  # a crashed or hung env is replaced and its episode replayed from the start
     max_restarts: int = 3  # Ray restarts a dead rollout actor this often; its owed episodes are issued again
@@ -296,6 +299,7 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(r.max_tokens >= 1, "rollout.max_tokens", r.max_tokens, "an integer >= 1")
     _check(r.max_tokens < g.max_model_len, "rollout.max_tokens", r.max_tokens, f"below engine.max_model_len={g.max_model_len}")
     _check(r.history_window >= 0, "rollout.history_window", r.history_window, "an integer >= 0")
+    _check(r.history_jump >= 1, "rollout.history_jump", r.history_jump, "an integer >= 1 (1: a window sliding every turn)")
     _check(r.max_observation_chars >= 16, "rollout.max_observation_chars", r.max_observation_chars, "an integer >= 16")
     _check(r.max_action_chars >= 1, "rollout.max_action_chars", r.max_action_chars, "an integer >= 1")
     _check(r.action_match in ACTION_MATCH, "rollout.action_match", r.action_match, " or ".join(ACTION_MATCH))

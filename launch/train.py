@@ -31,7 +31,7 @@ def _format_swap(swap: dict) -> str:
     if not swap["swaps"]:
         return ""
     names = {"share_s": "learner share", "until_batch_s": "to the next batch", "fetch_s": "fetch", "load_s": "load", "check_s": "check",
-             "until_request_s": "to the first request", "first_reply_s": "first reply"}  # fmt: skip
+             "until_request_s": "to the first request", "first_token_s": "first token", "first_reply_s": "first reply"}  # fmt: skip
     parts = ", ".join(f"{name} {swap[key]:.3f}" for key, name in names.items() if swap[key] is not None)
     checked = f"; largest probe difference {swap['probe_diff_max']:.4f} nats/token" if swap["probe_diff_max"] is not None else " (unchecked)"
     return f"adapter swaps ({swap['swaps']}), mean s: {parts}{checked}\n"
@@ -41,14 +41,17 @@ def _format_swap(swap: dict) -> str:
 def main(dict_cfg: DictConfig) -> dict:
     cfg, run_dir = begin_run(dict_cfg, "train")
     summary = run(cfg, run_dir, resume_command(run_dir))
-    latencies = summary["publish_to_first_token_s"]
+    latencies = {"token": summary["publish_to_first_token_s"], "reply": summary["publish_to_first_reply_s"]}
     print(
         f"\n{summary['steps']} learner steps ({cfg.mode}) in {summary['wall_s']:.0f} s; "
         f"episodes trained {summary['episodes_trained']}, dropped {summary['episodes_dropped']}\n"
         f"success by step: {' '.join(f'{s:.2f}' for s in summary['success_rate_by_step'])}\n"
         f"time split (s): {', '.join(f'{k} {v:.1f}' for k, v in summary['time_split_s'].items())}\n"
-        f"publish -> first token on the new version (s): "
-        f"{', '.join(f'v{v} {t:.2f}' for v, t in sorted(latencies.items())) or 'none'}\n"
+        + "".join(
+            f"publish -> first {event} on the new version (s): {', '.join(f'v{v} {t:.2f}' for v, t in sorted(latency.items()))}\n"
+            for event, latency in latencies.items()
+            if latency
+        )
         + _format_swap(summary["adapter_swap"])
         + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
         + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")

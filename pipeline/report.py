@@ -393,11 +393,11 @@ def headline(run: dict) -> str:
     dropped = ledger.get("dropped", summary.get("episodes_dropped", {"stale": _total(metrics, "dropped_stale")}))
     rows.append(("episodes trained", "n/a" if trained is None else str(trained)))
     rows.append(("episodes dropped", "n/a" if None in dropped.values() else _counts(dropped)))
-    latencies = [v for v in summary.get("publish_to_first_token_s", {}).values() if _is_number(v)]
-    if latencies:
-        rows.append(
-            ("publish → first token on the new version", f"median {np.median(latencies):.2f} s, max {max(latencies):.2f} s over {len(latencies)} versions")
-        )
+    for event in ("token", "reply"):
+        latencies = [v for v in summary.get(f"publish_to_first_{event}_s", {}).values() if _is_number(v)]
+        if latencies:
+            stats = f"median {np.median(latencies):.2f} s, max {max(latencies):.2f} s over {len(latencies)} versions"
+            rows.append((f"publish → first {event} on the new version", stats))
     no_spread = [m["step"] for m in metrics if "step_advantage_abs_mean" in m and not m["step_advantage_abs_mean"]]
     if no_spread:
         rows.append(("**warning**: steps with every advantage 0 (no reward spread: they changed nothing)", f"{len(no_spread)} of {len(metrics)}: {no_spread}"))

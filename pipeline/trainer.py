@@ -280,22 +280,28 @@ class Pipeline:
         self.placement.remove()
 
 
-def first_token_latencies(pipeline: Pipeline, reports: list[dict]) -> dict[int, float]:
-    """publish -> first token generated on that version, over all actors' ``reports`` (seconds)."""
+def first_latencies(pipeline: Pipeline, reports: list[dict], event: str) -> dict[int, float]:
+    """publish -> the first ``event`` on each version over all actors' ``reports`` (seconds): ``first_use``
+    (a reply came back) or ``first_token`` (a token came out; known where the engine streams tokens)."""
     firsts: dict[int, float] = {}
     for report in reports:
-        for version, t in report["first_use"].items():
+        for version, t in report[event].items():
             firsts[version] = min(firsts.get(version, t), t)
     return {v: firsts[v] - t0 for v, t0 in pipeline.publish_times.items() if v in firsts}
+
+
+SWAP_PARTS = ("share_s", "until_batch_s", "fetch_s", "load_s", "check_s", "until_request_s", "first_reply_s")
 
 
 def swap_split(pipeline: Pipeline, reports: list[dict]) -> dict:
     """Publish -> first reply on the new version, split into its parts (seconds, mean over every actor
     that loaded a published version): the learners' share (gather, swap check, object-store put); the
     wait until the actor's next batch began; its fetch, engine load and check; the wait until its first
-    request on the version entered the engine; that request's reply. And the largest probe difference
-    any engine showed (nats per token)."""
-    parts: dict[str, list[float]] = {k: [] for k in ("share_s", "until_batch_s", "fetch_s", "load_s", "check_s", "until_request_s", "first_reply_s", "total_s")}
+    request on the version entered the engine; that request's reply (``SWAP_PARTS``, they add up to
+    ``total_s``). Where the engine streams tokens, also the wait from that first request to the
+    version's first token (``first_token_s``) and publish -> first token (``to_first_token_s``). And the
+    largest probe difference any engine showed (nats per token)."""
+    parts: dict[str, list[float]] = {k: [] for k in (*SWAP_PARTS, "total_s", "first_token_s", "to_first_token_s")}
     probe = []
     for report in reports:
         for swap in report["swaps"]:
@@ -312,6 +318,9 @@ def swap_split(pipeline: Pipeline, reports: list[dict]) -> dict:
                 parts["until_request_s"].append(report["first_request"][v] - loaded)
                 parts["first_reply_s"].append(report["first_use"][v] - report["first_request"][v])
                 parts["total_s"].append(report["first_use"][v] - pipeline.publish_times[v])
+            if v in report["first_request"] and v in report["first_token"]:
+                parts["first_token_s"].append(report["first_token"][v] - report["first_request"][v])
+                parts["to_first_token_s"].append(report["first_token"][v] - pipeline.publish_times[v])
             if "probe_diff" in swap:
                 probe.append(swap["probe_diff"])
     return {
@@ -465,7 +474,8 @@ def summarize(cfg: Config, pipeline: Pipeline, history: list[dict], time_split: 
             "prefix_cache_hit_rate": stats.cached_prompt_tokens / max(stats.prompt_tokens, 1),
             "env_wait_s_per_env": stats.wait_env_s / max(cfg.rollout.num_actors * cfg.rollout.envs_per_actor, 1),
         },
-        "publish_to_first_token_s": first_token_latencies(pipeline, reports),
+        "publish_to_first_reply_s": first_latencies(pipeline, reports, "first_use"),
+        "publish_to_first_token_s": first_latencies(pipeline, reports, "first_token"),  # empty where the engine does not stream
         "adapter_swap": swap_split(pipeline, reports),
         "ledger": ledger.as_dict(),
         "rollout_actor_deaths": rollouts["rollout_actor_deaths"],

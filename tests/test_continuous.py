@@ -4,6 +4,7 @@ is back, env calls run in a pool, and the episodes are the ones lockstep plays."
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -41,6 +42,9 @@ def test_continuous_plays_the_episodes_lockstep_plays(vllm_engine, tiny_model_di
         assert worker.continuous == (scheduling == "continuous")
         played[scheduling] = {e.spec_uid: e for e in worker.run(specs)}
         assert worker.stats.env_steps == sum(len(e.steps) for e in played[scheduling].values())
+        report = worker.report()  # the first token on a version is known where the engine streams tokens
+        assert report["first_token"].keys() == ({0} if scheduling == "continuous" else set())
+        assert all(report["first_request"][0] < t <= report["first_use"][0] for t in report["first_token"].values())
     assert played["lockstep"].keys() == played["continuous"].keys() == {s.uid for s in specs}
     for uid, a in played["lockstep"].items():
         b = played["continuous"][uid]
@@ -49,6 +53,20 @@ def test_continuous_plays_the_episodes_lockstep_plays(vllm_engine, tiny_model_di
         assert [s.prompt_ids for s in a.steps] == [s.prompt_ids for s in b.steps]
         for x, y in zip(a.steps, b.steps):
             assert max(abs(p - q) for p, q in zip(x.action_logprobs, y.action_logprobs)) < 1e-4
+
+
+def test_a_streamed_reply_knows_when_its_first_token_came_out(vllm_engine):
+    submitted = time.time()
+    vllm_engine.submit("first-token", list(range(5, 25)), 0, Sampling(temperature=1.0, max_tokens=8), seed=3)
+    polls = []  # (wall time after the poll, what finished in it)
+    while vllm_engine.in_flight():
+        polls.append((vllm_engine.poll(), time.time()))
+    [(key, generation)] = polls[-1][0]
+    assert key == "first-token" and generation.first_token_at is not None
+    # The prefill step makes the first token (or, with async scheduling, the step after it returns it).
+    assert submitted < generation.first_token_at <= polls[min(1, len(polls) - 1)][1]
+    if len(generation.token_ids) > 2:
+        assert generation.first_token_at < polls[-2][1]  # long before the reply ended
 
 
 class StuckUntilOthersFinish(CorridorEnv):

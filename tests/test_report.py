@@ -57,6 +57,7 @@ def make_run_dir(root: Path, reward_mode: str, steps: int = 5, seed: int = 0) ->
                    "queued": 8 * steps, "trained": 8 * steps, "dropped": {"stale": 0, "evaluation": 16}, "in_flight": 0},
         "evaluation": {"before": {"success_rate": 0.25, "episodes": 8}, "after": {"success_rate": 0.5, "episodes": 8}},
         "publish_to_first_token_s": {str(v): 0.2 for v in range(1, steps + 1)},
+        "publish_to_first_reply_s": {str(v): 0.2 + v for v in range(1, steps + 1)},
     }  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
@@ -108,6 +109,8 @@ def test_report_of_an_env_run_says_what_it_skips(tmp_path):
     assert "No reliability diagram: the run dir has no self_eval.jsonl" in text
     assert "No self-evaluation quality per step" in text
     assert "No step-level quality" in text
+    assert "publish → first token on the new version | median 0.20 s, max 0.20 s over 5 versions" in text
+    assert "publish → first reply on the new version | median 3.20 s, max 5.20 s over 5 versions" in text
 
 
 def test_report_warns_about_steps_whose_advantages_were_all_zero(tmp_path):
