@@ -1,6 +1,7 @@
 """Prompts for the acting policy and the parser that turns its reply into one action.
 
-The prompt is built with the model's own chat template: goal, a window of recent history, the current
+The prompt is built with the model's own chat template: goal, a window of recent history (sliding, or
+moving in jumps so that the prompts of several turns share their history as a cached prefix), the current
 observation and, when the env gives them, the admissible actions. Model output is arbitrary text; the
 parser never raises: a reply it cannot use comes back with a reason and the env answers it.
 """
@@ -42,12 +43,22 @@ class PromptSettings:
     max_action_chars: int = 80
     # exact: the env gets the command as written | admissible: the admissible command it most resembles
     action_match: str = "exact"
+    # The history shown starts at a multiple of this many turns (1: a window sliding every turn); with J > 1
+    # it shows history_window to history_window + J - 1 turns and stays the same prefix for J turns at a time
+    history_jump: int = 1
+
+    def shown(self, history: list) -> list:
+        """The part of ``history`` (oldest first) a prompt shows."""
+        if self.history_window <= 0:
+            return []
+        start = (max(0, len(history) - self.history_window) // self.history_jump) * self.history_jump
+        return history[start:]
 
     @classmethod
     def from_rollout(cls, rollout) -> PromptSettings:
         """The settings of a ``rollout`` config group (conf/schema.RolloutConfig)."""
         r = rollout
-        return cls(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars, r.action_match)
+        return cls(r.history_window, r.max_observation_chars, r.show_admissible, r.max_action_chars, r.action_match, r.history_jump)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -63,7 +74,7 @@ def build_messages(
 ) -> list[dict[str, str]]:
     """Chat messages for one turn. ``history`` holds earlier (action, observation) pairs, oldest first."""
     parts = [f"Goal: {goal}"]
-    recent = history[-settings.history_window :] if settings.history_window > 0 else []
+    recent = settings.shown(history)
     if recent:
         lines = [f"> {action}\n{_clip(obs, settings.max_observation_chars)}" for action, obs in recent]
         parts.append("Recent history:\n" + "\n".join(lines))

@@ -7,9 +7,9 @@ The rollout's prompt is rebuilt every turn. With a sliding history window (``rol
 today's layout) the history part shifts each turn, so a prompt shares with the previous one only the
 part before its history. This plays the env's expert walkthroughs (real env, no model: the same turns
 for every layout) and encodes each turn's prompt under each layout with the model's chat template:
-- ``window W``: today's single user message with the last W turns;
+- ``window W``: the single user message with the last W turns (``rollout.history_window=W``);
 - ``anchored W/J``: the same message, but the history starts at a multiple of J turns (it shows W to
-  W + J - 1 turns) and so stays a stable prefix for J turns at a time;
+  W + J - 1 turns) and so stays a stable prefix for J turns at a time (``rollout.history_jump=J``);
 - ``transcript W/W`` and ``transcript B tok``: a multi-turn chat (goal and first observation, then each
   reply as an assistant message and each observation as a user message), append-only; the oldest turns
   go in one jump: from a multiple of W turns (it shows W to 2W - 1), or past B tokens (down to B/2).
@@ -23,6 +23,7 @@ tokens, computed tokens, their ratio to today's, and how many earlier turns a pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 
 from actors.prompting import SYSTEM_PROMPT, PromptSettings, build_messages, encode_prompt
@@ -55,13 +56,13 @@ def walkthrough_turns(cfg, specs) -> list[dict]:
 
 
 def window_prompts(tokenizer, episode: dict, settings: PromptSettings, window: int, jump: int = 1) -> list[tuple[list[int], int]]:
-    """(prompt ids, turns shown) per turn: the single-message layout, history from a multiple of ``jump``."""
+    """(prompt ids, turns shown) per turn: the rollout's single-message layout (``rollout.history_window``
+    = ``window``, ``rollout.history_jump`` = ``jump``)."""
+    layout = dataclasses.replace(settings, history_window=window, history_jump=jump)
     out, history = [], []
     for turn in episode["turns"]:
-        start = (max(0, len(history) - window) // jump) * jump
-        shown = history[start:]
-        shown_settings = PromptSettings(len(shown), settings.max_observation_chars, settings.show_admissible)
-        out.append((encode_prompt(tokenizer, build_messages(episode["goal"], shown, turn["observation"], turn["admissible"], shown_settings)), len(shown)))
+        ids = encode_prompt(tokenizer, build_messages(episode["goal"], history, turn["observation"], turn["admissible"], layout))
+        out.append((ids, len(layout.shown(history))))
         history.append((turn["action"], turn["next"]))
     return out
 
@@ -143,9 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     episodes = walkthrough_turns(cfg, specs)
     end = [tokenizer.eos_token_id]
     replies = [[tokenizer.encode(t["action"], add_special_tokens=False) + end for t in e["turns"]] for e in episodes]
-    w = cfg.rollout.history_window
+    w, j = cfg.rollout.history_window, cfg.rollout.history_jump
+    today = f"window {w}" if j == 1 else f"anchored {w}/{j}"  # the configured layout: the ratios' baseline
     layouts = {
-        f"window {w} (today)": [window_prompts(tokenizer, e, settings, w) for e in episodes],
+        today: [window_prompts(tokenizer, e, settings, w, j) for e in episodes],
+        f"window {w}": [window_prompts(tokenizer, e, settings, w) for e in episodes],
         f"anchored {w}/4": [window_prompts(tokenizer, e, settings, w, jump=4) for e in episodes],
         f"anchored {w}/8": [window_prompts(tokenizer, e, settings, w, jump=8) for e in episodes],
         f"transcript {w}/{w}": [transcript_prompts(tokenizer, e, settings, window=w) for e in episodes],
@@ -153,10 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         "transcript 2048 tok": [transcript_prompts(tokenizer, e, settings, budget=2048) for e in episodes],
     }
     turns = sum(len(e["turns"]) for e in episodes)
-    print(f"{len(episodes)} walkthroughs, {turns} turns ({cfg.env.name}: {', '.join(cfg.env.tasks)}); history_window={w}")
+    print(f"{len(episodes)} walkthroughs, {turns} turns ({cfg.env.name}: {', '.join(cfg.env.tasks)}); history_window={w}, history_jump={j}")
     header = f"{'layout':<20} {'turns shown':>11} {'prompt tok':>10} {'mean len':>8} " + " ".join(f"{f'computed@{b}':>12} {'ratio':>6}" for b in args.block)
     print(header)
-    baseline = {b: computed_tokens(layouts[f"window {w} (today)"], replies, b) for b in args.block}
+    baseline = {b: computed_tokens(layouts[today], replies, b) for b in args.block}
     for name, prompts in layouts.items():
         flat = [p for episode in prompts for p in episode]
         prompt_tokens = sum(len(ids) for ids, _ in flat)
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         for b in args.block:
             computed = computed_tokens(prompts, replies, b)
             cells.append(f"{computed:>12} {computed / baseline[b]:>6.2f}")
+        name = f"{name} (today)" if name == today else name
         print(f"{name:<20} {shown:>11.2f} {prompt_tokens:>10} {prompt_tokens / len(flat):>8.0f} " + " ".join(cells))
 
 

@@ -247,6 +247,12 @@ def test_zz_report_the_property_cases():
     assert CASES["tried"] in (0, 400)  # 0 when the property test was deselected
 
 
+def test_history_jump_is_checked():
+    with pytest.raises(ConfigError, match=r"rollout.history_jump=0 is invalid: an integer >= 1"):
+        load("rollout.history_jump=0")
+    assert load("rollout.history_jump=8").rollout.history_jump == 8
+
+
 def test_continuous_scheduling_is_checked_against_the_engine():
     with pytest.raises(ConfigError, match=r"rollout.scheduling.*'sometimes'.*auto, continuous, lockstep"):
         load("rollout.scheduling=sometimes")

@@ -165,3 +165,18 @@ def test_prompt_builder_takes_any_text_and_bounds_what_it_shows(goal, observatio
     # Observations are clipped (history window 2, 50 chars each): long text cannot blow up the prompt.
     shown = len(user) - len(goal) - sum(len(a) for a, _ in history[-2:]) - sum(len(x) for x in admissible or [])
     assert shown < 400
+
+
+def test_a_jumping_history_window_shows_a_prefix_that_holds_for_jump_turns():
+    """history_window=2, history_jump=4: the history starts at turn 0 until the window needs more, then
+    at turn 4, 8...; it shows 2 to 5 turns, and each start holds for 4 turns."""
+    history = [(f"go {i}", f"room {i}") for i in range(12)]
+    jumping = PromptSettings(history_window=2, history_jump=4)
+    starts = [int(jumping.shown(history[:n])[0][0].split()[1]) if jumping.shown(history[:n]) else None for n in range(12)]
+    assert starts == [None, 0, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8]
+    assert all(2 <= len(jumping.shown(history[:n])) <= 5 for n in range(2, 12))
+    sliding = PromptSettings(history_window=2)  # history_jump=1: the last 2 turns, every turn
+    assert [len(sliding.shown(history[:n])) for n in range(4)] == [0, 1, 2, 2] and sliding.shown(history)[0][0] == "go 10"
+    # While the start holds, a prompt's history is the previous prompt's history plus one turn.
+    earlier, later = (build_messages("g", history[:n], "now", None, jumping)[1]["content"] for n in (6, 7))
+    assert later.startswith(earlier.split("\n\nCurrent observation")[0])
