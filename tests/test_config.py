@@ -247,6 +247,12 @@ def test_zz_report_the_property_cases():
     assert CASES["tried"] in (0, 400)  # 0 when the property test was deselected
 
 
+def test_engine_block_size_is_checked():
+    with pytest.raises(ConfigError, match=r"engine.block_size=24 is invalid: 0 \(vLLM's default\) or a multiple of 16"):
+        load("engine.block_size=24")
+    assert load("engine.block_size=32").engine.block_size == 32
+
+
 def test_history_jump_is_checked():
     with pytest.raises(ConfigError, match=r"rollout.history_jump=0 is invalid: an integer >= 1"):
         load("rollout.history_jump=0")

