@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> None:
     w, j = cfg.rollout.history_window, cfg.rollout.history_jump
     today = f"window {w}" if j == 1 else f"anchored {w}/{j}"  # the configured layout: the ratios' baseline
     layouts = {
-        today: [window_prompts(tokenizer, e, settings, w, j) for e in episodes],
         f"window {w}": [window_prompts(tokenizer, e, settings, w) for e in episodes],
         f"anchored {w}/4": [window_prompts(tokenizer, e, settings, w, jump=4) for e in episodes],
         f"anchored {w}/8": [window_prompts(tokenizer, e, settings, w, jump=8) for e in episodes],
@@ -155,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         f"transcript {2 * w}/{2 * w}": [transcript_prompts(tokenizer, e, settings, window=2 * w) for e in episodes],
         "transcript 2048 tok": [transcript_prompts(tokenizer, e, settings, budget=2048) for e in episodes],
     }
+    if today not in layouts:  # a jump the list above does not try
+        layouts = {today: [window_prompts(tokenizer, e, settings, w, j) for e in episodes], **layouts}
     turns = sum(len(e["turns"]) for e in episodes)
     print(f"{len(episodes)} walkthroughs, {turns} turns ({cfg.env.name}: {', '.join(cfg.env.tasks)}); history_window={w}, history_jump={j}")
     header = f"{'layout':<20} {'turns shown':>11} {'prompt tok':>10} {'mean len':>8} " + " ".join(f"{f'computed@{b}':>12} {'ratio':>6}" for b in args.block)
