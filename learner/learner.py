@@ -125,6 +125,7 @@ class Learner:
         samples, advantage_stats = self._samples(fresh)
         totals = self._optimizer_step(samples, objective="policy")
         action_tokens = sum(len(s.old_logprobs) for s in samples)
+        skipped = int(totals.pop("skipped_samples"))
         self.step += 1
         if self.cfg.trim_memory:
             release_freed_memory()  # this step's activations: else RSS climbs with every new sequence length
@@ -138,6 +139,7 @@ class Learner:
             "dropped_stale": stale,
             "episode_staleness_max": max((self.version - episode_version(e) for e in episodes), default=0),  # versions behind the learner
             "samples": len(samples),
+            "zero_advantage_samples": skipped,  # no gradient: not computed (``_computed``)
             "micro_batches": int(totals.pop("micro_batches")),
             "action_tokens": action_tokens,
             "train_tokens": sum(s.num_tokens for s in samples),
@@ -153,6 +155,7 @@ class Learner:
         start = time.perf_counter()
         samples = demonstration_samples(demonstrations)
         totals = self._optimizer_step(samples, objective="imitation")
+        totals.pop("skipped_samples")
         self.step += 1
         return {"learner_step": self.step, "demonstrations": len(demonstrations), "samples": len(samples), "train_s": time.perf_counter() - start, **totals}
 
@@ -186,23 +189,37 @@ class Learner:
         }
         return samples, stats
 
+    def _computed(self, samples: list[Sample], objective: str) -> list[Sample]:
+        """The samples whose forward and backward can change the step. Under the policy loss without a
+        KL term, a sample whose advantage is 0 has a loss of exactly 0 at every token, whatever the
+        weights: its gradient is 0, so computing it is wasted work (a GRPO group whose episodes all
+        scored alike, the common case early in training). It still counts in the loss's normaliser."""
+        if objective != "policy" or self.loss_cfg.kl_coef > 0:
+            return samples
+        return [s for s in samples if s.advantage != 0.0]
+
     def _optimizer_step(self, samples: list[Sample], objective: str) -> dict[str, float]:
         """One optimizer step over this rank's samples in token-budget micro-batches; returns the loss
-        statistics, weighted by action tokens, and ``micro_batches``."""
-        bins = pack(samples, self.cfg.micro_batch_tokens)
+        statistics (the loss per action token of all samples; the others over the computed ones),
+        ``micro_batches`` and ``skipped_samples`` (not computed: ``_computed``)."""
+        computed = self._computed(samples, objective)
+        bins = pack(computed, self.cfg.micro_batch_tokens)
+        if samples and not bins:
+            bins = [[]]  # nothing to compute, yet the optimizer steps as it would have (AdamW's moments move on)
         # Every rank runs the same number of backward passes (gradients are reduced on the last one).
         count = torch.tensor([len(bins)])
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
         bins += [[] for _ in range(int(count) - len(bins))]
         action_tokens = sum(len(s.old_logprobs) for s in samples)
+        computed_tokens = sum(len(s.old_logprobs) for s in computed)
         self.engine.train()
-        totals: dict[str, float] = {"micro_batches": float(len(bins))}
+        totals: dict[str, float] = {"micro_batches": float(len(bins)), "skipped_samples": float(len(samples) - len(computed))}
         for i, micro in enumerate(bins):
             self.engine.set_gradient_accumulation_boundary(i == len(bins) - 1)
             stats = self._micro_step(micro, normaliser=max(action_tokens, 1), objective=objective)
-            weight = sum(len(s.old_logprobs) for s in micro) / max(action_tokens, 1)
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v * weight
+            tokens = sum(len(s.old_logprobs) for s in micro)
+            for k, v in stats.items():  # a skipped sample's loss is 0: the loss is averaged over all tokens
+                totals[k] = totals.get(k, 0.0) + v * tokens / max(action_tokens if k == "loss" else computed_tokens, 1)
         if bins:  # no rank had a sample: nothing to step
             self.engine.step()
         return totals

@@ -165,3 +165,42 @@ def test_the_rendezvous_port_is_listening_before_any_rank_starts():
     store = rendezvous_store()
     with socket.socket() as other, pytest.raises(OSError, match="in use"):
         other.bind(("127.0.0.1", store.port))
+
+
+
+def one_policy_step(model_dir: str, advantages: list[float]) -> tuple[dict, dict, dict]:
+    """A fresh one-rank learner (seed 0) takes one policy step over six fixed random samples with these
+    advantages; returns its adapter before and after, and the step's totals. Run in a process of its own
+    (one process group, and one DeepSpeed engine, per process)."""
+    import dataclasses
+
+    from learner.learner import Learner
+    from learner.samples import Sample
+    from learner.warm_start import single_rank
+
+    rng = np.random.default_rng(0)
+    samples = [Sample(rng.integers(0, 1000, 40).tolist(), 34, rng.uniform(-3, -0.5, 6).tolist(), 0.0, 0) for _ in range(6)]
+    with single_rank():
+        learner = Learner(LearnerConfig(lr=1e-3, bf16_autocast=False, micro_batch_tokens=128), model_dir, seed=0)
+        before = learner.trainable_parameters()
+        totals = learner._optimizer_step([dataclasses.replace(s, advantage=a) for s, a in zip(samples, advantages)], "policy")
+        return before, learner.trainable_parameters(), totals
+
+
+def test_samples_with_zero_advantage_are_not_computed_and_the_step_is_the_same(warm_model_dir):
+    """A GRPO group whose episodes all scored alike has advantage 0 at every token: without a KL term its
+    loss and gradient are exactly 0, so the learner skips its forward and backward. The step must be the
+    one computing every sample gives (those samples at advantage 1e-30 are computed: gradient ~0)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        initial, skipping, skip_totals = pool.submit(one_policy_step, warm_model_dir, [1.0, -1.0, 0.0, 0.0, 0.5, 0.0]).result()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        _, computing, compute_totals = pool.submit(one_policy_step, warm_model_dir, [1.0, -1.0, 1e-30, 1e-30, 0.5, 1e-30]).result()
+    assert skip_totals["skipped_samples"] == 3 and compute_totals["skipped_samples"] == 0
+    assert skip_totals["micro_batches"] < compute_totals["micro_batches"]
+    assert skip_totals["loss"] == pytest.approx(compute_totals["loss"], rel=1e-5)
+    assert any(not torch.equal(initial[n], skipping[n]) for n in initial)  # the step moved the adapter
+    for name in initial:
+        assert torch.allclose(skipping[name], computing[name], atol=1e-7), name
