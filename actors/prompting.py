@@ -72,11 +72,13 @@ def build_messages(
     admissible: list[str] | None,
     settings: PromptSettings,
 ) -> list[dict[str, str]]:
-    """Chat messages for one turn. ``history`` holds earlier (action, observation) pairs, oldest first."""
+    """Chat messages for one turn. ``history`` holds the earlier turns' (action, observation it led to)
+    pairs, oldest first: the newest pair's observation is ``observation``, shown once, as the current
+    one (printing it in the history too made every prompt after the first carry it twice)."""
     parts = [f"Goal: {goal}"]
     recent = settings.shown(history)
     if recent:
-        lines = [f"> {action}\n{_clip(obs, settings.max_observation_chars)}" for action, obs in recent]
+        lines = [f"> {action}\n{_clip(obs, settings.max_observation_chars)}" for action, obs in recent[:-1]] + [f"> {recent[-1][0]}"]
         parts.append("Recent history:\n" + "\n".join(lines))
     parts.append(f"Current observation:\n{_clip(observation, settings.max_observation_chars)}")
     if settings.show_admissible and admissible:

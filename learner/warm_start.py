@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core.paths import default_cache_dir
 
-FORMAT = 1  # bump when the recipe changes in a way the hashed settings do not show
+FORMAT = 2  # bump when the recipe changes in a way the hashed settings do not show (2: the prompt shows the current observation once)
 
 
 def recipe(cfg, base_dir: str) -> dict:

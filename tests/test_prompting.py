@@ -128,6 +128,15 @@ def test_messages_show_goal_window_observation_and_admissible():
     assert "Admissible actions: go north, look" in user
 
 
+def test_the_current_observation_is_shown_once():
+    """The newest history entry's observation is the current observation (rollout, expert and benchmarks
+    all build the history so): it used to be printed in the history and again as the current one."""
+    history = [("take key", "You take the key."), ("open door", "The door opens onto a long hall.")]
+    user = build_messages("leave", history, "The door opens onto a long hall.", None, SETTINGS)[1]["content"]
+    assert user.count("The door opens onto a long hall.") == 1
+    assert "> take key\nYou take the key.\n> open door\n\nCurrent observation:\nThe door opens" in user
+
+
 def test_messages_without_history_or_admissible():
     settings_ = PromptSettings(history_window=0, show_admissible=False)
     user = build_messages("g", [("a", "o")], "obs", ["look"], settings_)[1]["content"]
