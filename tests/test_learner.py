@@ -167,7 +167,6 @@ def test_the_rendezvous_port_is_listening_before_any_rank_starts():
         other.bind(("127.0.0.1", store.port))
 
 
-
 def one_policy_step(model_dir: str, advantages: list[float]) -> tuple[dict, dict, dict]:
     """A fresh one-rank learner (seed 0) takes one policy step over six fixed random samples with these
     advantages; returns its adapter before and after, and the step's totals. Run in a process of its own
