@@ -148,12 +148,12 @@ class PlainPolicy:
 
 
 def run_plain(cfg: Config) -> dict:
-    from envs.specs import episode_specs, step_specs
+    from envs.specs import held_out_specs, step_specs
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     policy = PlainPolicy(cfg)
-    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval")
+    eval_specs = held_out_specs(cfg)
 
     def held_out() -> float:
         return statistics.fmean(g["won"] for g in policy.play(cfg.env, eval_specs))

@@ -8,7 +8,7 @@ import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from conf.schema import Config
+from conf.schema import Config, ConfigError
 from core.episode import EpisodeSpec
 from core.paths import default_cache_dir
 from envs import variation_counts
@@ -25,6 +25,29 @@ def episode_specs(cfg: Config, num_groups: int, split: str, seed: int, uid_prefi
         variation = rng.randrange(counts[task])
         for _ in range(cfg.group_size):
             specs.append(EpisodeSpec(task, variation, split, uid=f"{uid_prefix}-{len(specs):05d}", seed=rng.randrange(2**31)))
+    return specs
+
+
+HELD_OUT_SEED = 1_000_003  # the held-out episodes' sampling seeds: the same for every run seed
+
+
+def held_out_specs(cfg: Config) -> list[EpisodeSpec]:
+    """``launch.train``'s before-and-after evaluation: ``eval_groups`` valid-split variations, the first
+    ones of each task in turn (task 0 variation 0, task 1 variation 0, ...), each played ``group_size``
+    times. The games and sampling seeds do not depend on the run's seed, so every seed of a config plays
+    the same held-out episodes: one before-figure per config, and after-figures that compare."""
+    if not cfg.eval_groups:
+        return []
+    counts = variation_counts(cfg.env, ["valid"])["valid"]  # checked in this process, before any actor
+    tasks = cfg.env.tasks
+    rng = random.Random(HELD_OUT_SEED)
+    specs = []
+    for g in range(cfg.eval_groups):
+        task, variation = tasks[g % len(tasks)], g // len(tasks)
+        if variation >= counts[task]:
+            raise ConfigError(f"config eval_groups={cfg.eval_groups} is invalid: task {task!r} has {counts[task]} valid variations, {variation + 1} asked for")
+        for _ in range(cfg.group_size):
+            specs.append(EpisodeSpec(task, variation, "valid", uid=f"eval-{len(specs):05d}", seed=rng.randrange(2**31)))
     return specs
 
 

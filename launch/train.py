@@ -53,7 +53,11 @@ def main(dict_cfg: DictConfig) -> dict:
             if latency
         )
         + _format_swap(summary["adapter_swap"])
-        + "".join(f"evaluation {k}: success {v['success_rate']:.3f} over {v['episodes']} valid episodes\n" for k, v in summary["evaluation"].items())
+        + "".join(
+            f"evaluation {k}: success {v['success_rate']:.3f}, mean score {v['mean_score']:.3f} over {v['episodes']} valid episodes; "
+            f"replies invalid {v['invalid_rate']:.1%}, matched {v['matched_rate']:.1%}\n"
+            for k, v in summary["evaluation"].items()
+        )
         + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")
         + (
             f"warning: {len(summary['no_spread_steps'])} of {summary['steps']} learner steps had {NO_SPREAD.split(':')[0]} "

@@ -34,7 +34,7 @@ from conf.schema import Config, validate
 from core.adapter import CheckpointError, Published
 from core.episode import Episode
 from core.ledger import EpisodeLedger
-from envs.specs import AssetsAhead, episode_specs, prepare_env_assets, step_specs
+from envs.specs import AssetsAhead, held_out_specs, prepare_env_assets, step_specs
 from learner.ranks import make_learners
 from pipeline.cluster import Placement, check_resources, link_actor_logs, start_ray
 from pipeline.models import resolve_model_dir
@@ -232,11 +232,15 @@ class Pipeline:
         ledger = EpisodeLedger()
         episodes = self.rollouts.evaluate(specs, ledger)
         self.ledger = self.ledger.merge(ledger)
-        finished = [e for e in episodes if e.status == "finished"]
+        finished = sorted((e for e in episodes if e.status == "finished"), key=lambda e: e.spec_uid)
+        steps = [s for e in finished for s in e.steps]
         return {
             "episodes": len(episodes),
             "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
             "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
+            "scores": [round(e.score, 3) for e in finished],  # spec order
+            "invalid_rate": sum(s.invalid_reason is not None for s in steps) / max(len(steps), 1),
+            "matched_rate": sum(s.matched for s in steps) / max(len(steps), 1),  # replies mapped to an admissible command
         }
 
     def checkpoint(self, directory: Path, driver_state: dict) -> Path:
@@ -348,7 +352,7 @@ def run(cfg: Config, run_dir: Path, resume_command: str = "") -> dict:
             raise CheckpointError(f"config resume={cfg.resume!r}: no complete checkpoint under {Path(cfg.resume) / 'checkpoints'}")
     model_dir = resolve_model_dir(cfg)
     # The env's limits (tasks, variation counts of the splits played) fail here, before any actor starts.
-    eval_specs = episode_specs(cfg, cfg.eval_groups, "valid", seed=cfg.seed, uid_prefix="eval") if cfg.eval_groups else []
+    eval_specs = held_out_specs(cfg)
     prepare_env_assets(cfg, step_specs(cfg, 0) + eval_specs)
     start_ray(cfg)
     link_actor_logs(run_dir)

@@ -66,6 +66,24 @@ def test_corridor_splits_use_disjoint_seeds():
     assert len(set(layouts.values())) == 3
 
 
+def test_held_out_episodes_are_the_first_valid_variations_whatever_the_run_seed():
+    """launch.train's before/after evaluation: every seed of a config plays the same held-out episodes
+    (they used to be drawn from the run's seed, so seeds were scored on different games)."""
+    from conf.schema import Config, ConfigError, EnvConfig
+    from envs.specs import held_out_specs
+
+    env = EnvConfig(name="corridor", tasks=["corridor-1", "corridor-2"], variations={"train": 100, "valid": 3})
+    specs = {seed: held_out_specs(Config(env=env, eval_groups=5, group_size=2, seed=seed)) for seed in (0, 1)}
+    assert specs[0] == specs[1]
+    assert [(s.task, s.variation, s.split) for s in specs[0][::2]] == [
+        ("corridor-1", 0, "valid"), ("corridor-2", 0, "valid"), ("corridor-1", 1, "valid"), ("corridor-2", 1, "valid"), ("corridor-1", 2, "valid"),
+    ]  # fmt: skip
+    assert len({s.seed for s in specs[0]}) == 10  # each episode samples with its own seed
+    assert held_out_specs(Config(env=env, eval_groups=0)) == []
+    with pytest.raises(ConfigError, match="eval_groups=7 is invalid: task 'corridor-1' has 3 valid variations, 4 asked for"):
+        held_out_specs(Config(env=env, eval_groups=7))
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
