@@ -139,7 +139,7 @@ class Learner:
             "dropped_stale": stale,
             "episode_staleness_max": max((self.version - episode_version(e) for e in episodes), default=0),  # versions behind the learner
             "samples": len(samples),
-            "zero_advantage_samples": skipped,  # no gradient: not computed (``_computed``)
+            "zero_advantage_skipped": skipped,  # samples of advantage 0 not computed: no gradient (``_computed``)
             "micro_batches": int(totals.pop("micro_batches")),
             "action_tokens": action_tokens,
             "train_tokens": sum(s.num_tokens for s in samples),
