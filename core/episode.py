@@ -152,3 +152,19 @@ class Episode:
             kwargs["self_evaluation"] = SelfEvaluation(**record["self_evaluation"])
         kwargs["answer_samples"] = [AnswerSample(**a) for a in record.get("answer_samples", [])]
         return cls(**kwargs)
+
+
+def outcome_figures(episodes: list[Episode]) -> dict[str, float | int]:
+    """What an evaluation reports of ``episodes``: how many, how many failed, and over the finished
+    ones the success rate, mean score, mean steps and the shares of invalid and matched replies."""
+    finished = [e for e in episodes if e.status == "finished"]
+    n, turns = max(len(finished), 1), max(sum(len(e.steps) for e in finished), 1)
+    return {
+        "episodes": len(episodes),
+        "failed": len(episodes) - len(finished),
+        "success_rate": sum(e.success for e in finished) / n,
+        "mean_score": sum(e.score for e in finished) / n,
+        "mean_steps": sum(len(e.steps) for e in finished) / n,
+        "invalid_rate": sum(e.num_invalid for e in finished) / turns,
+        "matched_rate": sum(e.num_matched for e in finished) / turns,  # replies mapped to an admissible command
+    }

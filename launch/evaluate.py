@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from actors.pool import close_actors, make_rollout_actors, wait_until_ready
 from conf.schema import register
 from core.adapter import AdapterWeights, Published
-from core.episode import Episode
+from core.episode import Episode, outcome_figures
 from envs.specs import evaluation_specs, prepare_env_assets
 from launch.rollout import coordinator, play
 from launch.run_dir import begin_run
@@ -40,17 +40,7 @@ def results(episodes: list[Episode], tasks: list[str]) -> dict:
     for e in episodes:
         by_task[e.task].append(e)
 
-    def row(group: list[Episode]) -> dict:
-        finished = [e for e in group if e.status == "finished"]
-        return {
-            "episodes": len(group),
-            "failed": len(group) - len(finished),
-            "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
-            "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
-            "mean_steps": sum(len(e.steps) for e in finished) / max(len(finished), 1),
-        }
-
-    return {"tasks": {t: row(by_task[t]) for t in tasks}, "overall": row(episodes)}
+    return {"tasks": {t: outcome_figures(by_task[t]) for t in tasks}, "overall": outcome_figures(episodes)}
 
 
 def markdown(table: dict) -> str:

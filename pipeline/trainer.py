@@ -32,7 +32,7 @@ from actors.pool import make_rollout_actors, wait_until_ready
 from actors.rollout import ThroughputStats
 from conf.schema import Config, validate
 from core.adapter import CheckpointError, Published
-from core.episode import Episode
+from core.episode import Episode, outcome_figures
 from core.ledger import EpisodeLedger
 from envs.specs import AssetsAhead, held_out_specs, prepare_env_assets, step_specs
 from learner.ranks import make_learners
@@ -233,15 +233,7 @@ class Pipeline:
         episodes = self.rollouts.evaluate(specs, ledger)
         self.ledger = self.ledger.merge(ledger)
         finished = sorted((e for e in episodes if e.status == "finished"), key=lambda e: e.spec_uid)
-        steps = [s for e in finished for s in e.steps]
-        return {
-            "episodes": len(episodes),
-            "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
-            "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
-            "scores": [round(e.score, 3) for e in finished],  # spec order
-            "invalid_rate": sum(s.invalid_reason is not None for s in steps) / max(len(steps), 1),
-            "matched_rate": sum(s.matched for s in steps) / max(len(steps), 1),  # replies mapped to an admissible command
-        }
+        return {**outcome_figures(episodes), "scores": [round(e.score, 3) for e in finished]}  # scores in spec order
 
     def checkpoint(self, directory: Path, driver_state: dict) -> Path:
         """Learner state, reward-stage state and the driver's state, written to a temporary folder
