@@ -138,6 +138,10 @@ def single_rank():
 def build_warm_start(cfg, base_dir: str, out: Path, quiet: bool = False) -> dict:
     """Clone the demonstrations into a LoRA over ``base_dir``; write ``out/adapter`` (PEFT),
     ``out/merged`` (a full model directory the engines load) and ``out/warm_start.json`` (figures)."""
+    import torch
+
+    if not torch.cuda.is_available():  # named, DeepSpeed takes the CPU without a WARNING line in the terminal
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from learner.learner import Learner
 
     log = (lambda _: None) if quiet else (lambda line: print(line, flush=True))
