@@ -20,10 +20,9 @@ from actors import vllm_cpu_lora
 from actors.engine import Sampling
 from actors.vllm_engine import VLLMEngine
 from benchmarks.generation import first_turn_prompts
+from conf.schema import LearnerConfig
 from core.adapter import AdapterWeights
 from pipeline.embedded_model import ensure_embedded_model
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def random_adapter(model_dir: str, rank: int) -> AdapterWeights:
@@ -34,7 +33,7 @@ def random_adapter(model_dir: str, rank: int) -> AdapterWeights:
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LearnerConfig().target_modules), init_lora_weights=False)
     return AdapterWeights.from_peft_model(get_peft_model(base, config), 1)
 
 
