@@ -5,8 +5,8 @@ they gather that token's adapter weights (``weights[indices]``, a ``[tokens, out
 take a batched matrix-vector product. A prefill of 2048 tokens copies 2048 weight matrices per LoRA
 layer and runs at memory speed: measured on 2 cores, one shrink (576 -> 16) took 75 ms and one expand
 (16 -> 1536) 208 ms, where a matmul per adapter slot takes 2 ms and 13 ms; a generation batch on
-a LoRA version took 6.7 times as long as on the base model (``benchmarks.lora_cpu``; 1.2 times here). A batch holds a few adapter versions at
-most, so the same product is one GEMM per version present.
+a LoRA version took 6.7 times as long as on the base model (``benchmarks.lora_cpu``; 1.2 times with
+these). A batch holds a few adapter versions at most, so the same product is one GEMM per version present.
 
 Index -1 marks a token without LoRA (vLLM's mapping). The gathered version indexes the last slot
 with it, so in a batch that mixes the base model with the adapter held in the last slot, the base
@@ -73,14 +73,22 @@ OURS = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_sli
 _original: dict = {}
 
 
-def install() -> None:
-    """Use these in vLLM's CPU LoRA path: its prefill ops (``sgmv_*``) call the ``bgmv_*`` of their
-    own module, its decode path the names ``punica_cpu`` imported."""
+def use(ops: dict) -> None:
+    """Put ``ops`` (``OURS``, or vLLM's own as ``install`` found them) in vLLM's CPU LoRA path: its
+    prefill ops (``sgmv_*``) call the ``bgmv_*`` of their own module, its decode path the names
+    ``punica_cpu`` imported."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
+    for module in (lora_ops, punica_cpu):
+        for name, function in ops.items():
+            setattr(module, name, function)
+
+
+def install() -> None:
+    """Use ours in vLLM's CPU LoRA path, keeping vLLM's own in ``_original``."""
+    from vllm.lora.ops.torch_ops import lora_ops
+
     if not _original:
         _original.update({name: getattr(lora_ops, name) for name in OURS})
-    for module in (lora_ops, punica_cpu):
-        for name, function in OURS.items():
-            setattr(module, name, function)
+    use(OURS)

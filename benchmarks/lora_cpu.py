@@ -20,21 +20,8 @@ from actors import vllm_cpu_lora
 from actors.engine import Sampling
 from actors.vllm_engine import VLLMEngine
 from benchmarks.generation import first_turn_prompts
-from conf.schema import LearnerConfig
-from core.adapter import AdapterWeights
 from pipeline.embedded_model import ensure_embedded_model
-
-
-def random_adapter(model_dir: str, rank: int) -> AdapterWeights:
-    """Version 1: a LoRA with random non-zero A and B (PEFT's init leaves B at zero)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LearnerConfig().target_modules), init_lora_weights=False)
-    return AdapterWeights.from_peft_model(get_peft_model(base, config), 1)
+from tests.helpers import random_adapter
 
 
 def main() -> None:
@@ -46,19 +33,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
-    from vllm.lora.ops.torch_ops import lora_ops
-    from vllm.lora.punica_wrapper import punica_cpu
 
     model_dir = str(ensure_embedded_model())
     engine = VLLMEngine(model_dir, max_versions=1, dtype="float32", max_model_len=2048, enable_prefix_caching=False)
-    engine.load_adapter(random_adapter(model_dir, args.rank))
+    engine.load_adapter(random_adapter(model_dir, version=1, seed=0, rank=args.rank))
     prompts = first_turn_prompts(AutoTokenizer.from_pretrained(model_dir), args.envs)
     sampling = Sampling(temperature=0, max_tokens=args.max_tokens)
-
-    def use(ops: dict) -> None:
-        for module in (lora_ops, punica_cpu):
-            for name, function in ops.items():
-                setattr(module, name, function)
 
     def run(version: int) -> tuple[float, list]:
         start = time.perf_counter()
@@ -71,10 +51,10 @@ def main() -> None:
     run(1)  # warm-up
     for _ in range(args.repeats):
         for name, (version, ops) in settings.items():
-            use(ops)
+            vllm_cpu_lora.use(ops)
             seconds, tokens[name] = run(version)
             times[name].append(seconds)
-    use(vllm_cpu_lora.OURS)
+    vllm_cpu_lora.use(vllm_cpu_lora.OURS)
     assert tokens["adapter, vLLM's ops"] == tokens["adapter, ours"], "both LoRA paths must give the same greedy tokens"
     processed = sum(map(len, prompts)) + sum(map(len, tokens["adapter, ours"]))
     median = {name: statistics.median(t) for name, t in times.items()}
