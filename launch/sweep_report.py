@@ -2,7 +2,8 @@
 
     python -m launch.sweep_report runs/ablation_corridor            # writes results.md and curves.png there
 
-Runs are grouped by ``reward.mode`` (the other overrides of a sweep, such as the seed, are repeats).
+Runs are grouped by ``reward.mode``, and a judging mode run with ``reward.evaluator=base`` (a frozen
+judge) is a row of its own (the other overrides of a sweep, such as the seed, are repeats).
 Per mode: held-out success before and after training and the training success at the end (mean and
 std over seeds), and the env steps each run needed to reach the ``env`` mode's final training success;
 the self-evaluation quality and the calibration fit of the last steps; reward-pool cost and wall time.
@@ -31,10 +32,20 @@ def load_runs(root: Path) -> list[dict]:
             continue
         config = OmegaConf.load(run_dir / "config.yaml")
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        runs.append({"dir": run_dir, "mode": config.reward.mode, "seed": config.seed, "summary": json.loads(summary_file.read_text()), "metrics": metrics})
+        runs.append({"dir": run_dir, "mode": setting(config), "seed": config.seed, "summary": json.loads(summary_file.read_text()), "metrics": metrics})
     if not runs:
         raise SystemExit(f"no finished runs (summary.json) under {root}")
     return runs
+
+
+def setting(config) -> str:
+    """The row a run belongs to: its reward mode, and the frozen judge where a mode judges with one."""
+    mode = config.reward.mode
+    return f"{mode}, evaluator=base" if mode != "env" and config.reward.get("evaluator", "policy") == "base" else mode
+
+
+MODES = ("env", "prm", "gain", "mise", "mise, evaluator=base", "prm, evaluator=base", "gain, evaluator=base")
+COLORS = ("tab:gray", "tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:brown", "tab:olive")
 
 
 def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +74,17 @@ def _last(run: dict, key: str, count: int = 3) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def signals(group: list[dict]) -> str:
+    """Step-level AUROC of every judged signal against the env's progress label (each run's mean over
+    its learner steps, then mean ± sd over the runs), e.g. ``r_se 0.31 ± 0.02; r_mi 0.62 ± 0.03``."""
+    names = sorted({k.removeprefix("step_quality/auroc_") for r in group for m in r["metrics"] for k in m if k.startswith("step_quality/auroc_")})
+    parts = []
+    for name in names:
+        per_run = [_last(r, f"step_quality/auroc_{name}", count=len(r["metrics"])) for r in group]
+        parts.append(f"{name} {_mean_std(per_run)}")
+    return "; ".join(parts) or "n/a"
+
+
 def table(runs: list[dict]) -> str:
     by_mode: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
@@ -75,10 +97,11 @@ def table(runs: list[dict]) -> str:
         "",
         "| reward mode | seeds | held-out success before | after | training success, last 3 steps | env steps to reach target (per seed) "
         "| outcome AUROC (last 3) | Brier (last 3) | calibration R² held-out (last 3) | step AUROC of the dense reward (last 3) "
+        "| step AUROC of each signal (all steps) "
         "| degraded | pool tokens / episode | wall s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for mode in ("env", "prm", "gain", "mise"):
+    for mode in MODES:
         group = sorted(by_mode.get(mode, []), key=lambda r: r["seed"])
         if not group:
             continue
@@ -96,6 +119,7 @@ def table(runs: list[dict]) -> str:
                 _mean_std([_last(r, "self_eval/brier") for r in group]),
                 _mean_std([_last(r, "calibration/r2_heldout") for r in group]),
                 _mean_std([_last(r, "step_quality/auroc_dense") for r in group]),
+                signals(group),
                 _mean_std([_last(r, "reward/degraded_fraction", count=len(r["metrics"])) for r in group]),
                 _mean_std([_last(r, "reward/pool_tokens_per_episode", count=len(r["metrics"])) for r in group]),
                 f"{np.mean([r['summary']['wall_s'] for r in group]):.0f}",
@@ -114,7 +138,7 @@ def plot(runs: list[dict], out: Path, title: str) -> None:
     by_mode: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_mode[run["mode"]].append(run)
-    for mode, color in (("env", "tab:gray"), ("prm", "tab:orange"), ("gain", "tab:green"), ("mise", "tab:blue")):
+    for mode, color in zip(MODES, COLORS):
         group = by_mode.get(mode)
         if not group:
             continue

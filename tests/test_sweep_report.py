@@ -1,0 +1,39 @@
+"""launch.sweep_report groups a sweep's runs into one row per reward setting."""
+
+import json
+
+from omegaconf import OmegaConf
+
+from launch.sweep_report import load_runs, table
+
+
+def write_run(path, mode: str, evaluator: str, seed: int, success: list[float], after: float) -> None:
+    path.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "reward": {"mode": mode, "evaluator": evaluator}}), path / "config.yaml")
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "env_steps": 40, "success_rate": s}) + "\n" for i, s in enumerate(success)))
+    summary = {"wall_s": 100.0, "evaluation": {"before": {"success_rate": 0.5}, "after": {"success_rate": after}}}
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_frozen_evaluator_is_its_own_row(tmp_path):
+    write_run(tmp_path / "0", "env", "policy", 0, [0.25, 0.5], after=0.5)
+    write_run(tmp_path / "1", "mise", "policy", 0, [0.25, 0.75], after=0.75)
+    write_run(tmp_path / "2", "mise", "base", 0, [0.0, 0.25], after=0.25)
+    text = table(load_runs(tmp_path))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) >= {"env", "mise", "mise, evaluator=base"}, text
+    assert "| 0.750 |" in rows["mise"] and "| 0.250 |" in rows["mise, evaluator=base"]
+    # the env mode judges nothing: its evaluator setting does not split it
+    write_run(tmp_path / "3", "env", "base", 1, [0.5, 0.5], after=0.25)
+    rows = [line for line in table(load_runs(tmp_path)).splitlines() if line.startswith("| env")]
+    assert len(rows) == 1 and "| env | 2 |" in rows[0], rows
+
+
+def test_the_step_auroc_of_every_judged_signal_is_reported(tmp_path):
+    write_run(tmp_path / "0", "mise", "policy", 0, [0.25, 0.75], after=0.75)
+    lines = [json.loads(line) for line in (tmp_path / "0" / "metrics.jsonl").read_text().splitlines()]
+    for line, r_mi in zip(lines, (0.6, 0.8)):
+        line.update({"step_quality/auroc_r_mi": r_mi, "step_quality/auroc_r_se": 0.2})
+    (tmp_path / "0" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    row = next(line for line in table(load_runs(tmp_path)).splitlines() if line.startswith("| mise"))
+    assert "r_mi 0.700; r_se 0.200" in row, row
