@@ -113,6 +113,13 @@ class Episode:
         return (self.env, self.task, self.variation)
 
     @property
+    def env_return(self) -> float:
+        """``R``, the return of the env's reward (``env.reward``): the final normalised score with
+        ``score`` rewards (when the game starts at 0), 1 or 0 with ``success`` rewards. What the episode
+        advantage and MISE's calibration use; ``score`` stays the game's own figure either way."""
+        return float(sum(s.env_reward for s in self.steps))
+
+    @property
     def policy_versions(self) -> list[int]:
         return sorted({s.policy_version for s in self.steps})
 

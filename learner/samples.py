@@ -33,7 +33,7 @@ ReturnRow = tuple[object, float, list[float]]  # (group key, episode return, per
 
 def return_rows(episodes: list[Episode]) -> list[ReturnRow]:
     """What advantages need from an episode; small enough to all-gather across learner ranks."""
-    return [(e.group_key, e.score, [s.step_reward if s.step_reward is not None else s.env_reward for s in e.steps]) for e in episodes]
+    return [(e.group_key, e.env_return, [s.step_reward if s.step_reward is not None else s.env_reward for s in e.steps]) for e in episodes]
 
 
 def step_advantages_for(rows: list[ReturnRow], omega: float, gamma: float) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -121,3 +121,19 @@ def test_pack_keeps_each_micro_batch_within_the_token_budget():
     bins = pack(samples, 20)
     assert [[s.num_tokens for s in b] for b in bins] == [[30], [10, 9], [8, 3], [2, 2]]
     assert all(len(b) * b[0].num_tokens <= 20 for b in bins[1:])  # only the over-long sample exceeds it
+
+
+def test_the_episode_return_is_the_env_reward_not_the_game_score():
+    # env.reward=success: no step paid anything in two failed episodes of one group, though the game
+    # gave them partial scores (1 and 2 of 3 points). Their return is 0 alike: no advantage.
+    failed = [make_episode("t", 0, 0.0, [([1], [2], 0.0), ([1], [3], 0.0)]) for _ in range(2)]
+    failed[0].score, failed[1].score = 1 / 3, 2 / 3
+    won = make_episode("t", 1, 1.0, [([1], [2], 0.0), ([1], [3], 1.0)])
+    lost = make_episode("t", 1, 0.0, [([1], [2], 0.0)])
+    lost.score = 2 / 3
+    assert [row[1] for row in return_rows(failed + [won, lost])] == [0.0, 0.0, 1.0, 0.0]
+    _, episode_adv = step_advantages_for(return_rows(failed + [won, lost]), omega=0.0, gamma=1.0)
+    assert episode_adv.tolist() == pytest.approx([0.0, 0.0, 1.0, -1.0], abs=1e-5)
+    # env.reward=score: the steps pay the score's changes, and the return is the score again
+    scored = make_episode("t", 2, 2 / 3, [([1], [2], 1 / 3), ([1], [3], 1 / 3)])
+    assert return_rows([scored])[0][1] == pytest.approx(2 / 3)

@@ -151,3 +151,20 @@ def test_step_quality_scores_each_signal_against_the_env_labels():
     assert metrics["step_quality/auroc_r_mi"] == 0.0
     assert metrics["step_quality/corr_r_se_score_delta"] == pytest.approx(1.0) and metrics["step_quality/corr_r_mi_score_delta"] == pytest.approx(-1.0)
     assert metrics["step_quality/progress_fraction"] == pytest.approx(4 / 7)
+
+
+def test_the_calibration_fits_the_env_return_not_the_game_score():
+    # env.reward=success: a failed episode with a partial game score returns 0, and the ridge map is fit
+    # (and its held-out R^2 measured) on that return, the reward the run trains on.
+    from conf.schema import RewardConfig
+    from core.episode import Episode, SelfEvaluation, Step
+    from reward.stage import RewardStage, _BatchRecord
+
+    episode = Episode("e", "corridor", "t", 0, "train", "g", "o", score=2 / 3, success=False, status="finished")
+    for reward in (0.0, 0.0):
+        episode.steps.append(Step([1], [2], [-0.1], "r", "a", None, "o", reward, 0))
+    judgement = SelfEvaluation(0, [0.5, 0.5], [0.1, 0.2], 0.4, [1], [3, 4], [-0.9, -0.5])
+    episode.self_evaluation = judgement
+    batch = _BatchRecord({})
+    RewardStage(RewardConfig(mode="mise"), evaluators=["unused"]).score(episode, batch)
+    assert [outcome for _, _, outcome in batch.fit_rows] == [0.0]
