@@ -111,7 +111,7 @@ def signals(cfg: Config, episodes: list[Episode], judgements: list) -> list[dict
             {"r_se": self_eval_rewards(judgement.step_yes, cfg.reward.eps), "r_mi": list(judgement.mi), "r_ig": information_gain(judgement.progress_yes)}
         )
     features = [np.array([e["r_se"], e["r_mi"]]).T for e in per_episode]
-    outcomes = np.array([float(e.success) for e in episodes])
+    outcomes = np.array([e.env_return for e in episodes])  # R, as the reward stage fits it
     folds = [list(range(0, len(episodes), 2)), list(range(1, len(episodes), 2))]
     for scored, fitted in (folds, folds[::-1]):
         fit = fit_ridge(np.array([features[i].sum(axis=0) for i in fitted]), outcomes[fitted], cfg.reward.calibration_alpha)
