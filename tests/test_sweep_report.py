@@ -1,10 +1,20 @@
 """launch.sweep_report groups a sweep's runs into one row per reward setting."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from launch.sweep_report import load_runs, table
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def table(sweep_dir: Path) -> str:
+    """The results table ``python -m launch.sweep_report`` writes for ``sweep_dir``."""
+    report = subprocess.run([sys.executable, "-m", "launch.sweep_report", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    return (sweep_dir / "results.md").read_text()
 
 
 def write_run(path, mode: str, evaluator: str, seed: int, success: list[float], after: float) -> None:
@@ -19,13 +29,13 @@ def test_a_frozen_evaluator_is_its_own_row(tmp_path):
     write_run(tmp_path / "0", "env", "policy", 0, [0.25, 0.5], after=0.5)
     write_run(tmp_path / "1", "mise", "policy", 0, [0.25, 0.75], after=0.75)
     write_run(tmp_path / "2", "mise", "base", 0, [0.0, 0.25], after=0.25)
-    text = table(load_runs(tmp_path))
+    text = table(tmp_path)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
     assert set(rows) >= {"env", "mise", "mise, evaluator=base"}, text
     assert "| 0.750 |" in rows["mise"] and "| 0.250 |" in rows["mise, evaluator=base"]
     # the env mode judges nothing: its evaluator setting does not split it
     write_run(tmp_path / "3", "env", "base", 1, [0.5, 0.5], after=0.25)
-    rows = [line for line in table(load_runs(tmp_path)).splitlines() if line.startswith("| env")]
+    rows = [line for line in table(tmp_path).splitlines() if line.startswith("| env")]
     assert len(rows) == 1 and "| env | 2 |" in rows[0], rows
 
 
@@ -35,5 +45,5 @@ def test_the_step_auroc_of_every_judged_signal_is_reported(tmp_path):
     for line, r_mi in zip(lines, (0.6, 0.8)):
         line.update({"step_quality/auroc_r_mi": r_mi, "step_quality/auroc_r_se": 0.2})
     (tmp_path / "0" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    row = next(line for line in table(load_runs(tmp_path)).splitlines() if line.startswith("| mise"))
+    row = next(line for line in table(tmp_path).splitlines() if line.startswith("| mise"))
     assert "r_mi 0.700; r_se 0.200" in row, row
