@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from conf.schema import REWARD_MODES
+from pipeline.report import step_quality_signals
+
 SMOOTH = 3  # learner steps in the moving average of the training success
 
 
@@ -44,8 +47,8 @@ def setting(config) -> str:
     return f"{mode}, evaluator=base" if mode != "env" and config.reward.get("evaluator", "policy") == "base" else mode
 
 
-MODES = ("env", "prm", "gain", "mise", "mise, evaluator=base", "prm, evaluator=base", "gain, evaluator=base")
-COLORS = ("tab:gray", "tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:brown", "tab:olive")
+MODES = (*REWARD_MODES, *(f"{mode}, evaluator=base" for mode in REWARD_MODES if mode != "env"))  # the rows, in order
+COLORS = ("tab:gray", "tab:orange", "tab:green", "tab:blue", "tab:brown", "tab:olive", "tab:purple")
 
 
 def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +80,7 @@ def _last(run: dict, key: str, count: int = 3) -> float | None:
 def signals(group: list[dict]) -> str:
     """Step-level AUROC of every judged signal against the env's progress label (each run's mean over
     its learner steps, then mean ± sd over the runs), e.g. ``r_se 0.31 ± 0.02; r_mi 0.62 ± 0.03``."""
-    names = sorted({k.removeprefix("step_quality/auroc_") for r in group for m in r["metrics"] for k in m if k.startswith("step_quality/auroc_")})
+    names = step_quality_signals([m for r in group for m in r["metrics"]])
     parts = []
     for name in names:
         per_run = [_last(r, f"step_quality/auroc_{name}", count=len(r["metrics"])) for r in group]
@@ -138,7 +141,7 @@ def plot(runs: list[dict], out: Path, title: str) -> None:
     by_mode: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_mode[run["mode"]].append(run)
-    for mode, color in zip(MODES, COLORS):
+    for mode, color in zip(MODES, COLORS, strict=True):
         group = by_mode.get(mode)
         if not group:
             continue

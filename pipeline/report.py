@@ -243,11 +243,16 @@ def self_eval_by_step(run: dict, out_dir: Path) -> str:
     return _figure(fig, out_dir, "self_eval_by_step.png", "self-evaluation quality per step", sentence)
 
 
+def step_quality_signals(metrics: list[dict]) -> list[str]:
+    """The signals a run logged a step-level AUROC for (``step_quality/auroc_<name>``), sorted."""
+    return sorted({k.removeprefix("step_quality/auroc_") for m in metrics for k in m if k.startswith("step_quality/auroc_")})
+
+
 def step_quality(run: dict, out_dir: Path) -> str:
     """Do the dense signals point at the steps that helped? AUROC of each against the env's progress
     label, per learner step, and each signal's correlation with the step's score change."""
     metrics = run["metrics"]
-    names = sorted({k.removeprefix("step_quality/auroc_") for m in metrics for k in m if k.startswith("step_quality/auroc_")})
+    names = step_quality_signals(metrics)
     corr = sorted({k for m in metrics for k in m if k.startswith("step_quality/corr_")})
     if not names and not corr:
         return "No step-level quality: metrics.jsonl logs no `step_quality/*` (reward mode `env`, or an env without step labels).\n"
