@@ -41,7 +41,7 @@ class Step:
     action: str  # the command sent to the env; "" when the reply held none
     invalid_reason: str | None  # why the reply could not be parsed, None when it could
     observation: str  # the environment's answer to this action
-    env_reward: float  # change of the normalised score caused by this step
+    env_reward: float  # the env's reward for this step (env.reward: the normalised score's change, or 1 on the winning step)
     policy_version: int  # adapter version that generated action_ids (0 = base model)
     recognised: bool = True  # False when the env did not understand the action
     step_reward: float | None = None  # dense reward, filled by the reward stage

@@ -240,9 +240,10 @@ class _BatchRecord:
         self.z.append(int(episode.success))
         key = stage.calibration_key(episode)
         sums = [float(sum(column)) for column in zip(*features)] or [0.0] * (stage.cfg.use_self_eval + stage.cfg.use_mi)
-        self.fit_rows.append((key, sums, episode.env_return))
+        outcome = episode.env_return
+        self.fit_rows.append((key, sums, outcome))
         if key in self.maps:
-            self.heldout.append((self.maps[key].predict(sums), episode.env_return))
+            self.heldout.append((self.maps[key].predict(sums), outcome))
 
     def judged(self) -> list[tuple[float, int]]:
         """(q, z) of every judged episode: the evaluator's P(success) and the outcome."""
