@@ -39,8 +39,7 @@ from learner.ranks import make_learners
 from pipeline.cluster import Placement, check_resources, link_actor_logs, start_ray
 from pipeline.models import resolve_model_dir
 from pipeline.tracking import RunLogger, WandbSettings
-from reward.pool import evaluators_restarted, make_evaluators
-from reward.stage import RewardActor
+from reward.pool import evaluators_restarted, make_evaluators, make_reward_stage
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,7 @@ class Pipeline:
         self.evaluators = make_evaluators(cfg, model_dir, self.placement.bundles("reward"))
         self.episode_queue = Queue()  # finished episodes on their way to the reward stage: one batch at most
         self.learner_queue = Queue(maxsize=2 * size)  # bounded: a slow learner slows the rollouts down
-        # The stage holds only its calibration state, which every call hands in: Ray may restart it.
-        self.reward = RewardActor.options(num_cpus=0, max_restarts=cfg.reward.max_restarts).remote(cfg.reward, self.evaluators)
+        self.reward = make_reward_stage(cfg.reward)  # every call hands in the evaluators and the calibration state
         self.calibration: dict | None = None  # the reward stage's calibration state after the last collected batch
         self.reward_stage_restarts = 0
         self.learners, self.rendezvous = make_learners(cfg, model_dir, self.placement.bundles("learner"))
@@ -130,7 +128,7 @@ class Pipeline:
         self.assets.ready(step)  # this step's TextWorld games, made ahead in the background from step 1 on
         batch = Batch(step, self.rollouts.published, EpisodeLedger())
         episodes = self.rollouts.play(specs, batch.ledger)  # bound to this version now, played in the thread
-        batch.scoring = self.reward.consume.remote(self.episode_queue, self.learner_queue, batch.adapter, self.calibration)
+        batch.scoring = self.reward.consume.remote(self.episode_queue, self.learner_queue, self.evaluators, batch.adapter, self.calibration)
         batch.playing = Future()
         # A daemon thread: a run that stops with a batch in flight must not wait for it at exit.
         threading.Thread(target=self._hand_over, args=(episodes, batch), name=f"rollouts-{step}", daemon=True).start()
@@ -177,7 +175,7 @@ class Pipeline:
         self.learner_queue.put_nowait_batch(forwarded)
         done = {e.episode_id for e in forwarded}
         rest = [e for e in batch.sent if e.episode_id not in done]
-        result = self._get(self.reward.forward.remote(rest, self.learner_queue, batch.adapter, self.calibration), RewardStageDied)
+        result = self._get(self.reward.forward.remote(rest, self.learner_queue, self.evaluators, batch.adapter, self.calibration), RewardStageDied)
         for key in ("queued", "scored"):
             result[key] += len(forwarded)
         result["degraded"] += sum(e.reward_note is not None for e in forwarded)

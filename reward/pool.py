@@ -1,4 +1,4 @@
-"""The reward pool's evaluator actors."""
+"""The reward pool's actors: the evaluators and the reward stage that hands them the episodes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.pool import ACTOR_ENV_VARS, EngineFactory, engine_threads
-from conf.schema import Config
+from conf.schema import Config, RewardConfig
 from reward.evaluator import EvaluatorActor
-from reward.stage import hindsight_settings
+from reward.stage import RewardActor, hindsight_settings
 
 
 def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] | None = None) -> list:
@@ -37,6 +37,13 @@ def make_evaluators(cfg: Config, model_dir: str, bundles: Callable[[int], dict] 
             )
         )
     return evaluators
+
+
+def make_reward_stage(cfg: RewardConfig):
+    """The reward stage actor, which Ray restarts (``reward.max_restarts``). It is built from its config
+    alone: the evaluators and the calibration state come with each call, so a restart needs nothing
+    that the object store may have dropped (ray issue 53727)."""
+    return RewardActor.options(num_cpus=0, max_restarts=cfg.max_restarts).remote(cfg)
 
 
 def evaluators_restarted(evaluators: list) -> int:

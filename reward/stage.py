@@ -10,7 +10,9 @@ rollout coordinator's (``actors.coordinator``).
 - The stage holds only the calibration state, and the caller may hand it in with each call (the driver
   does, and keeps the state each call returns): a stage that Ray restarts goes on with the same maps.
   The ridge maps are fitted before a batch is scored, and the batch joins the fit's window only afterwards.
-- The policy version the evaluators judge with is an argument of each call, never state of the stage.
+- The evaluator actors, and the policy version they judge with, are arguments of each call, never
+  state of the stage. (Ray would keep actor handles given to the constructor in the object store to
+  restart the stage with, and warns that a restart fails once they go out of scope: ray issue 53727.)
 - An evaluator call that fails (its actor died) or runs past ``reward.timeout_s`` degrades its episodes
   to env-only reward: counted, logged with the reason, never blocking the pipeline. Ray restarts a dead
   evaluator (``reward.max_restarts``) and it catches up to the given adapter version on its next call.
@@ -67,24 +69,24 @@ def answer_samples(judgement: SelfEvaluation, z: float, weight: float) -> list[A
 
 
 class RewardStage:
-    def __init__(self, cfg: RewardConfig, evaluators: list | None = None) -> None:
-        if cfg.mode != "env" and not evaluators:
-            raise ValueError(f"reward.mode={cfg.mode!r} needs at least one evaluator actor (reward.num_actors >= 1)")
+    def __init__(self, cfg: RewardConfig) -> None:
         self.cfg = cfg
-        self.evaluators = evaluators or []
         self.calibrator = RidgeCalibrator(cfg.calibration_window, cfg.calibration_alpha, cfg.calibration_min_episodes)
         self._next_evaluator = 0
 
-    def consume(self, episode_queue, learner_queue, adapter: Published | None = None, calibration: dict | None = None) -> dict:
+    def consume(self, episode_queue, learner_queue, evaluators: list, adapter: Published | None = None, calibration: dict | None = None) -> dict:
         """``forward`` the episodes of ``episode_queue`` up to its end marker (``None``)."""
-        return self.forward(_until_end(episode_queue), learner_queue, adapter, calibration)
+        return self.forward(_until_end(episode_queue), learner_queue, evaluators, adapter, calibration)
 
-    def forward(self, episodes, learner_queue, adapter: Published | None = None, calibration: dict | None = None) -> dict:
+    def forward(self, episodes, learner_queue, evaluators: list, adapter: Published | None = None, calibration: dict | None = None) -> dict:
         """Score the finished ones of ``episodes`` (an iterable: scoring overlaps their arrival) into the
-        learner queue, judged by the evaluators at policy version ``adapter``. ``calibration`` (a
+        learner queue, judged by ``evaluators`` (evaluator actors; none in ``env`` mode) at policy
+        version ``adapter``, in turn. ``calibration`` (a
         ``state_dict``) replaces the calibration state first. Returns ``queued``, ``scored`` and
         ``degraded`` (counts), ``self_eval`` ((q, z) per judged episode), ``calibration`` (the state
         after this batch) and the batch's reward metrics."""
+        if self.cfg.mode != "env" and not evaluators:
+            raise ValueError(f"reward.mode={self.cfg.mode!r} needs at least one evaluator actor (reward.num_actors >= 1)")
         if calibration is not None:
             self.load_state_dict(calibration)
         batch = _BatchRecord(self.calibrator.maps() if self.cfg.mode != "env" else {})
@@ -98,11 +100,11 @@ class RewardStage:
                 continue
             waiting.append(episode)
             if len(waiting) >= self.cfg.batch_episodes:
-                pending[self._submit(waiting, adapter)] = (waiting, time.monotonic())
+                pending[self._submit(evaluators, waiting, adapter)] = (waiting, time.monotonic())
                 waiting = []
             self._collect(pending, batch, learner_queue, block=False)
         if waiting:
-            pending[self._submit(waiting, adapter)] = (waiting, time.monotonic())
+            pending[self._submit(evaluators, waiting, adapter)] = (waiting, time.monotonic())
         while pending:
             self._collect(pending, batch, learner_queue, block=True)
         for key, features, outcome in batch.fit_rows:
@@ -116,8 +118,8 @@ class RewardStage:
             **batch.metrics(),
         }
 
-    def _submit(self, episodes: list[Episode], adapter: Published | None) -> ray.ObjectRef:
-        evaluator = self.evaluators[self._next_evaluator % len(self.evaluators)]
+    def _submit(self, evaluators: list, episodes: list[Episode], adapter: Published | None) -> ray.ObjectRef:
+        evaluator = evaluators[self._next_evaluator % len(evaluators)]
         self._next_evaluator += 1
         return evaluator.evaluate.remote(episodes, adapter)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 
 import pytest
@@ -150,7 +151,7 @@ def test_gain_mode_rewards_each_steps_change_of_the_judged_completion_probabilit
     judge = SelfEvaluator(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), follow_policy=True, max_model_len=2048, ask_progress=True)
     batch = fresh(episodes[:4])
     judgements, _ = judge.evaluate(batch)
-    stage = RewardStage(RewardConfig(mode="gain", dense_weight=1.0, clip=1.0), evaluators=[object()])
+    stage = RewardStage(RewardConfig(mode="gain", dense_weight=1.0, clip=1.0))
     for episode, judgement in zip(batch, judgements):
         questions = judge.prompts.progress_questions(episode)
         assert len(judgement.progress_yes) == len(questions) == len(episode.steps) + 1
@@ -193,12 +194,12 @@ def test_too_long_episodes_are_refused_not_truncated(evaluator, episodes):
     assert not isinstance(judgements[0], str) and tokens > 0
 
 
-def pump(stage, batch, **kwargs):
+def pump(stage, batch, evaluators=(), **kwargs):
     """Score ``batch`` as one learner step's episodes; returns the step's result and the learner queue's content."""
     from ray.util.queue import Queue
 
     learner_q = Queue()
-    result = stage.forward(batch, learner_q, **kwargs)
+    result = stage.forward(batch, learner_q, list(evaluators), **kwargs)
     return result, [learner_q.get() for _ in range(result["queued"])]
 
 
@@ -223,10 +224,10 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
 
     cfg = RewardConfig(mode="mise", calibration_min_episodes=4, calibration_window=64, calibration_alpha=1e-3, batch_episodes=3)
     actor = EvaluatorActor.options(num_cpus=0).remote(VLLMFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
-    stage = RewardStage(cfg, [actor])
+    stage = RewardStage(cfg)
     first, second, third = fresh(episodes[:8]), fresh(episodes[8:16]), fresh(episodes[16:])
 
-    metrics, out = pump(stage, first)
+    metrics, out = pump(stage, first, [actor])
     assert metrics["queued"] == 8 and metrics["reward/degraded_fraction"] == 0
     for episode in out:  # no map before the first batch: env reward, but the evaluator's answer is trained
         assert [s.step_reward for s in episode.steps] == [s.env_reward for s in episode.steps]
@@ -238,9 +239,9 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
     assert before.num_episodes == 8
     # The stage holds no state but this calibration: a new stage (a restarted one) handed the first
     # batch's state scores the second batch's judgements exactly as the stage that saw the first batch.
-    restarted = RewardStage(cfg, [actor])
-    restarted.forward([], Queue(), calibration=metrics["calibration"])
-    metrics, out = pump(stage, second)
+    restarted = RewardStage(cfg)
+    restarted.forward([], Queue(), [actor], calibration=metrics["calibration"])
+    metrics, out = pump(stage, second, [actor])
     for episode in out:
         replayed = restarted.score(copy.deepcopy(episode), _BatchRecord(restarted.calibrator.maps()))
         assert [s.step_reward for s in replayed.steps] == pytest.approx([s.step_reward for s in episode.steps])
@@ -257,7 +258,7 @@ def test_mise_pool_calibrates_on_earlier_batches_only_and_degrades_on_faults(ray
     )  # a fit that had seen the batch would have given other rewards
 
     ray.kill(actor)  # injected fault: the only evaluator dies
-    metrics, out = pump(stage, third)
+    metrics, out = pump(stage, third, [actor])
     assert metrics["queued"] == len(third) and metrics["reward/degraded_fraction"] == 1.0
     for episode in out:
         assert "evaluator failed" in episode.reward_note
@@ -274,8 +275,8 @@ def test_a_frozen_base_evaluator_trains_no_calibration_answers_into_the_policy(e
     judgements, _ = evaluator.evaluate(judged)
     for episode, judgement in zip(judged, judgements):
         episode.self_evaluation = judgement
-    frozen = RewardStage(RewardConfig(mode="mise", evaluator="base"), evaluators=[object()])
-    policy = RewardStage(RewardConfig(mode="mise", evaluator="policy"), evaluators=[object()])
+    frozen = RewardStage(RewardConfig(mode="mise", evaluator="base"))
+    policy = RewardStage(RewardConfig(mode="mise", evaluator="policy"))
     for episode in judged:
         assert frozen.score(copy.deepcopy(episode)).answer_samples == []
         assert len(policy.score(copy.deepcopy(episode)).answer_samples) == 2  # the Yes and the No token
@@ -293,11 +294,48 @@ def test_a_hanging_evaluator_times_out_and_the_episodes_keep_env_reward(ray_loca
     from reward.stage import RewardStage
 
     actor = ray.remote(SlowEvaluator).options(num_cpus=0).remote(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
-    stage = RewardStage(RewardConfig(mode="prm", timeout_s=3.0, batch_episodes=4), [actor])
+    stage = RewardStage(RewardConfig(mode="prm", timeout_s=3.0, batch_episodes=4))
     start = time.monotonic()
-    metrics, out = pump(stage, fresh(episodes[:4]))
+    metrics, out = pump(stage, fresh(episodes[:4]), [actor])
     assert time.monotonic() - start < 30
     assert metrics["reward/degraded_fraction"] == 1.0 and all("timed out after 3 s" in e.reward_note for e in out)
+    ray.kill(actor)
+
+
+def test_a_restarted_reward_stage_judges_with_the_evaluators_each_call_hands_in(ray_local, capfd, episodes, warm_model_dir):
+    """The stage actor is built from its config alone. Before, it took the evaluators' handles in its
+    constructor, which Ray keeps in the object store to restart it with, and every dense-mode run
+    printed Ray's warning that such a restart fails once they are gone (ray issue 53727)."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+    from ray.util.queue import Queue
+
+    from reward.evaluator import EvaluatorActor
+    from reward.pool import make_reward_stage
+
+    actor = EvaluatorActor.options(num_cpus=0).remote(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
+    stage = make_reward_stage(RewardConfig(mode="prm", max_restarts=1))
+    def pid():
+        return ray.get(stage.__ray_call__.remote(lambda _: os.getpid()))
+
+    first = pid()
+    ray.kill(stage, no_restart=False)  # injected fault: Ray restarts the stage
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if pid() != first:
+                break
+        except (ActorUnavailableError, ray.exceptions.RayActorError):  # restarting
+            pass
+        assert time.monotonic() < deadline, "the reward stage was not restarted within 60 s"
+        time.sleep(0.5)
+    learner_q = Queue()
+    result = ray.get(stage.forward.remote(fresh(episodes[:2]), learner_q, [actor]))
+    assert result["queued"] == 2 and result["degraded"] == 0
+    assert all(e.self_evaluation is not None for e in (learner_q.get() for _ in range(2)))
+    assert "53727" not in capfd.readouterr().err
+    with pytest.raises(ray.exceptions.RayTaskError, match="reward.mode='prm' needs at least one evaluator actor"):
+        ray.get(stage.forward.remote([], learner_q, []))
     ray.kill(actor)
 
 

@@ -136,7 +136,7 @@ def test_step_quality_scores_each_signal_against_the_env_labels():
     from core.episode import Episode, SelfEvaluation, Step
     from reward.stage import RewardStage, _BatchRecord
 
-    stage = RewardStage(RewardConfig(mode="prm"), evaluators=[object()])
+    stage = RewardStage(RewardConfig(mode="prm"))
     record = _BatchRecord({})
     for e, progress in enumerate([[True, False, True], [False, False, True, True]]):
         episode = Episode(f"e{e}", "corridor", "corridor-2", 0, "train", "g", "o", status="finished", success=True, score=1.0)
@@ -166,5 +166,5 @@ def test_the_calibration_fits_the_env_return_not_the_game_score():
     judgement = SelfEvaluation(0, [0.5, 0.5], [0.1, 0.2], 0.4, [1], [3, 4], [-0.9, -0.5])
     episode.self_evaluation = judgement
     batch = _BatchRecord({})
-    RewardStage(RewardConfig(mode="mise"), evaluators=["unused"]).score(episode, batch)
+    RewardStage(RewardConfig(mode="mise")).score(episode, batch)
     assert [outcome for _, _, outcome in batch.fit_rows] == [0.0]
