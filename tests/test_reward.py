@@ -315,6 +315,7 @@ def test_a_restarted_reward_stage_judges_with_the_evaluators_each_call_hands_in(
 
     actor = EvaluatorActor.options(num_cpus=0).remote(HFFactory(warm_model_dir), warm_model_dir, HindsightSettings(), True, 2048)
     stage = make_reward_stage(RewardConfig(mode="prm", max_restarts=1))
+
     def pid():
         return ray.get(stage.__ray_call__.remote(lambda _: os.getpid()))
 
