@@ -4,9 +4,11 @@
 
 Runs are grouped by ``reward.mode``, and a judging mode run with ``reward.evaluator=base`` (a frozen
 judge) is a row of its own (the other overrides of a sweep, such as the seed, are repeats).
-Per mode: held-out success before and after training and the training success at the end (mean and
-std over seeds), and the env steps each run needed to reach the ``env`` mode's final training success;
-the self-evaluation quality and the calibration fit of the last steps; reward-pool cost and wall time.
+Per mode: held-out success before and after training (mean and std over seeds, and each seed's), its
+difference to the ``env`` run of the same seed (the modes share their random numbers seed by seed, so
+this pairing is the comparison with the least noise), the training success at the end, and the env
+steps each run needed to reach the ``env`` mode's final training success; the self-evaluation quality
+and the calibration fit of the last steps; reward-pool cost and wall time.
 The plot shows training success (moving average over 3 learner steps) against env steps, mean and
 spread (min to max over seeds) per mode.
 """
@@ -77,6 +79,22 @@ def _last(run: dict, key: str, count: int = 3) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _after(run: dict) -> float | None:
+    return run["summary"].get("evaluation", {}).get("after", {}).get("success_rate")
+
+
+def per_seed(group: list[dict]) -> str:
+    """Each run's held-out success after training, in seed order: ``0.531 / 0.469 / 0.531``."""
+    return " / ".join("n/a" if _after(r) is None else f"{_after(r):.3f}" for r in group)
+
+
+def paired_with_env(group: list[dict], env_runs: list[dict]) -> str:
+    """Each run's held-out success after training minus that of the env run with the same seed."""
+    env_after = {r["seed"]: _after(r) for r in env_runs if _after(r) is not None}
+    pairs = [_after(r) - env_after[r["seed"]] for r in group if _after(r) is not None and r["seed"] in env_after]
+    return " / ".join(f"{d:+.3f}" for d in pairs) or "no env run of the same seed"
+
+
 def signals(group: list[dict]) -> str:
     """Step-level AUROC of every judged signal against the env's progress label (each run's mean over
     its learner steps, then mean ± sd over the runs), e.g. ``r_se 0.31 ± 0.02; r_mi 0.62 ± 0.03``."""
@@ -98,11 +116,12 @@ def table(runs: list[dict]) -> str:
         f"Target for 'env steps to reach': the env-only runs' final training success "
         f"({f'{target:.3f}' if target is not None else 'no env-only runs'}, moving average over {SMOOTH} steps, mean over seeds).",
         "",
-        "| reward mode | seeds | held-out success before | after | training success, last 3 steps | env steps to reach target (per seed) "
+        "| reward mode | seeds | held-out success before | after | after, per seed | after − env's, same seed "
+        "| training success, last 3 steps | env steps to reach target (per seed) "
         "| outcome AUROC (last 3) | Brier (last 3) | calibration R² held-out (last 3) | step AUROC of the dense reward (last 3) "
         "| step AUROC of each signal (all steps) "
         "| degraded | pool tokens / episode | wall s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for mode in MODES:
         group = sorted(by_mode.get(mode, []), key=lambda r: r["seed"])
@@ -116,6 +135,8 @@ def table(runs: list[dict]) -> str:
                 str(len(group)),
                 _mean_std([e["before"]["success_rate"] if "before" in e else None for e in evaluation]),
                 _mean_std([e["after"]["success_rate"] if "after" in e else None for e in evaluation]),
+                per_seed(group),
+                paired_with_env(group, baseline) if mode != "env" else "",
                 _mean_std([_last(r, "success_rate") for r in group]),
                 ", ".join("not reached" if s is None else str(s) for s in reach),
                 _mean_std([_last(r, "self_eval/auroc") for r in group]),

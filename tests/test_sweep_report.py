@@ -47,3 +47,16 @@ def test_the_step_auroc_of_every_judged_signal_is_reported(tmp_path):
     (tmp_path / "0" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     row = next(line for line in table(tmp_path).splitlines() if line.startswith("| mise"))
     assert "r_mi 0.700; r_se 0.200" in row, row
+
+
+def test_held_out_success_is_given_per_seed_and_paired_with_env_by_seed(tmp_path):
+    """The modes share their random numbers seed by seed (every request samples with its own seed), so
+    the difference to env on the same seed is the comparison with the least noise."""
+    for seed, (env, mise) in enumerate([(0.5, 0.625), (0.75, 0.75), (0.25, 0.5)]):
+        write_run(tmp_path / f"env{seed}", "env", "policy", seed, [0.5, 0.5], after=env)
+        write_run(tmp_path / f"mise{seed}", "mise", "policy", seed, [0.5, 0.5], after=mise)
+    write_run(tmp_path / "prm3", "prm", "policy", 3, [0.5, 0.5], after=0.5)  # no env run of seed 3
+    rows = {line.split("|")[1].strip(): line for line in table(tmp_path).splitlines() if line.startswith("| ")}
+    assert "| 0.500 / 0.750 / 0.250 |" in rows["env"] and "| 0.625 / 0.750 / 0.500 |" in rows["mise"], rows
+    assert "| +0.125 / +0.000 / +0.250 |" in rows["mise"], rows["mise"]
+    assert "| no env run of the same seed |" in rows["prm"], rows["prm"]
