@@ -79,19 +79,20 @@ def _last(run: dict, key: str, count: int = 3) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _after(run: dict) -> float | None:
-    return run["summary"].get("evaluation", {}).get("after", {}).get("success_rate")
+def _held_out(run: dict, when: str = "after") -> float | None:
+    """The run's held-out success ``before`` or ``after`` training (None where it was not evaluated)."""
+    return run["summary"].get("evaluation", {}).get(when, {}).get("success_rate")
 
 
 def per_seed(group: list[dict]) -> str:
     """Each run's held-out success after training, in seed order: ``0.531 / 0.469 / 0.531``."""
-    return " / ".join("n/a" if _after(r) is None else f"{_after(r):.3f}" for r in group)
+    return " / ".join("n/a" if (after := _held_out(r)) is None else f"{after:.3f}" for r in group)
 
 
 def paired_with_env(group: list[dict], env_runs: list[dict]) -> str:
     """Each run's held-out success after training minus that of the env run with the same seed."""
-    env_after = {r["seed"]: _after(r) for r in env_runs if _after(r) is not None}
-    pairs = [_after(r) - env_after[r["seed"]] for r in group if _after(r) is not None and r["seed"] in env_after]
+    env_after = {r["seed"]: after for r in env_runs if (after := _held_out(r)) is not None}
+    pairs = [after - env_after[r["seed"]] for r in group if (after := _held_out(r)) is not None and r["seed"] in env_after]
     return " / ".join(f"{d:+.3f}" for d in pairs) or "no env run of the same seed"
 
 
@@ -127,14 +128,13 @@ def table(runs: list[dict]) -> str:
         group = sorted(by_mode.get(mode, []), key=lambda r: r["seed"])
         if not group:
             continue
-        evaluation = [r["summary"].get("evaluation", {}) for r in group]
         reach = [steps_to_reach(r, target) if target is not None else None for r in group]
         lines.append(
             "| " + " | ".join([
                 mode,
                 str(len(group)),
-                _mean_std([e["before"]["success_rate"] if "before" in e else None for e in evaluation]),
-                _mean_std([e["after"]["success_rate"] if "after" in e else None for e in evaluation]),
+                _mean_std([_held_out(r, "before") for r in group]),
+                _mean_std([_held_out(r, "after") for r in group]),
                 per_seed(group),
                 paired_with_env(group, baseline) if mode != "env" else "",
                 _mean_std([_last(r, "success_rate") for r in group]),
