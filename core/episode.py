@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -174,4 +176,25 @@ def outcome_figures(episodes: list[Episode]) -> dict[str, float | int]:
         "mean_steps": sum(len(e.steps) for e in finished) / n,
         "invalid_rate": sum(e.num_invalid for e in finished) / turns,
         "matched_rate": sum(e.num_matched for e in finished) / turns,  # replies mapped to an admissible command
+        "unrecognised_rate": sum(not s.recognised for e in finished for s in e.steps) / turns,  # parsed, but the env did not understand
+        "invalid_by_reason": invalid_by_reason(finished),
     }
+
+
+def reason_kind(reason: str) -> str:
+    """An invalid reply's reason without its particulars: ``reply resembles 3 admissible actions equally
+    (a, b, c)`` -> ``reply resembles N admissible actions equally``."""
+    return re.sub(r"\d+", "N", reason.split(" (")[0])
+
+
+def invalid_by_reason(episodes: list[Episode]) -> dict[str, int]:
+    """How many replies of ``episodes`` held no action, by kind of reason, most frequent first."""
+    counts = Counter(reason_kind(s.invalid_reason) for e in episodes for s in e.steps if s.invalid_reason is not None)
+    return dict(counts.most_common())
+
+
+def reply_figures(r: dict) -> str:
+    """One line on the replies: how many held no action (by reason), were mapped, or the env did not understand."""
+    reasons = ", ".join(f"{kind} {count}" for kind, count in r["invalid_by_reason"].items()) or "none"
+    return (f"replies: invalid {r['invalid_rate']:.1%} ({reasons}), matched to an admissible command {r['matched_rate']:.1%}, "
+            f"not understood by the env {r['unrecognised_rate']:.1%}")  # fmt: skip

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from actors.pool import close_actors, make_rollout_actors, wait_until_ready
 from conf.schema import register
 from core.adapter import AdapterWeights, Published
-from core.episode import Episode, outcome_figures
+from core.episode import Episode, outcome_figures, reply_figures
 from envs.specs import evaluation_specs, prepare_env_assets
 from launch.rollout import coordinator, play
 from launch.run_dir import begin_run
@@ -47,7 +47,7 @@ def markdown(table: dict) -> str:
     lines = ["| task | episodes | success rate | mean score | mean steps | failed |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in [*table["tasks"].items(), ("**overall**", table["overall"])]:
         lines.append(f"| {name} | {r['episodes']} | {r['success_rate']:.3f} | {r['mean_score']:.3f} | {r['mean_steps']:.1f} | {r['failed']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + reply_figures(table["overall"]) + "\n"
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

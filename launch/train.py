@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from conf.schema import register
+from core.episode import reply_figures
 from launch.run_dir import begin_run
 from pipeline.trainer import NO_SPREAD, run
 
@@ -54,8 +55,7 @@ def main(dict_cfg: DictConfig) -> dict:
         )
         + _format_swap(summary["adapter_swap"])
         + "".join(
-            f"evaluation {k}: success {v['success_rate']:.3f}, mean score {v['mean_score']:.3f} over {v['episodes']} valid episodes; "
-            f"replies invalid {v['invalid_rate']:.1%}, matched {v['matched_rate']:.1%}\n"
+            f"evaluation {k}: success {v['success_rate']:.3f}, mean score {v['mean_score']:.3f} over {v['episodes']} valid episodes; {reply_figures(v)}\n"
             for k, v in summary["evaluation"].items()
         )
         + (f"reward ({cfg.reward.mode}), last step: {_format_reward(summary['reward_by_step'][-1])}\n" if cfg.reward.mode != "env" else "")

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.prompting import PromptSettings, build_messages, match_admissible, parse_action
+from core.episode import Episode, Step, outcome_figures, reply_figures
 
 SETTINGS = PromptSettings(history_window=2, max_observation_chars=50, max_action_chars=20)
 
@@ -189,3 +190,26 @@ def test_a_jumping_history_window_shows_a_prefix_that_holds_for_jump_turns():
     # While the start holds, a prompt's history is the previous prompt's history plus one turn.
     earlier, later = (build_messages("g", history[:n], "now", None, jumping)[1]["content"] for n in (6, 7))
     assert later.startswith(earlier.split("\n\nCurrent observation")[0])
+
+
+def test_an_evaluation_counts_invalid_replies_by_kind_of_reason_and_the_commands_the_env_did_not_understand():
+    settings = PromptSettings(history_window=2, max_observation_chars=50, max_action_chars=20, action_match="admissible")
+    admissible = ["open door to hallway", "close door to hallway", "go to hallway", "look around"]
+    replies = ["door to hallway", "hallway door", "", "Which action is this? I think we should go", "look around", "dance"]
+    steps = []
+    for reply in replies:
+        parsed = parse_action(reply, truncated=False, settings=settings, admissible=admissible)
+        steps.append(Step([1], [2], [-0.1], reply, parsed.action, parsed.invalid_reason, "", 0.0, 0, recognised=reply != "look around"))
+    episode = Episode("e", "scienceworld", "find-plant", 0, "valid", "goal", "obs", steps=steps, status="finished")
+
+    figures = outcome_figures([episode])
+
+    assert figures["invalid_by_reason"] == {
+        "reply resembles N admissible actions equally": 2,  # 3 tied, then 2 tied: one kind
+        "empty reply": 1,
+        "action longer than N characters": 1,
+        "no admissible action resembles the reply": 1,
+    }
+    assert figures["invalid_rate"] == 5 / 6 and figures["unrecognised_rate"] == 1 / 6
+    line = reply_figures(figures)
+    assert "invalid 83.3% (reply resembles N admissible actions equally 2, empty reply 1," in line
