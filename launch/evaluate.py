@@ -8,7 +8,8 @@ Variations 0..K-1 of the split (``evaluate.episodes_per_task``) for every task i
 episode each, greedy unless ``evaluate.greedy=false``. For ScienceWorld, ``valid`` is the dev
 variations ("seen") and ``test`` the test variations ("unseen"); for TextWorld, the valid and test seeds.
 Writes ``evaluation.json`` and ``evaluation.md`` (per task and overall success rate, mean score, mean
-steps) and ``episodes.jsonl`` into the run dir, and prints the table and the wall time.
+steps; the replies that held no action, by reason, mapped to an admissible command, or not understood by
+the env) and ``episodes.jsonl`` into the run dir, and prints the table and the wall time.
 """
 
 from __future__ import annotations
