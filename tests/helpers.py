@@ -35,15 +35,21 @@ def final(attempts: list) -> list:
     return [e for e in attempts if not e.retried]
 
 
-def actor_processes(class_name: str, since: float) -> list:
+def actor_processes(class_name: str, since: float, driver_pid: int | None = None) -> list:
     """Live processes of Ray actors of ``class_name`` started after ``since`` (Ray titles an actor's
-    process ``ray::<Class>`` or ``ray::<Class>.<method>``)."""
+    process ``ray::<Class>`` or ``ray::<Class>.<method>``). With ``driver_pid``, only those of the Ray
+    cluster that driver started (its raylet's workers descend from it): another job on the same machine
+    has actors of the same classes."""
     import psutil
 
+    candidates = psutil.Process(driver_pid).children(recursive=True) if driver_pid is not None else psutil.process_iter()
     found = []
-    for process in psutil.process_iter(["cmdline", "create_time"]):
-        title = " ".join(process.info["cmdline"] or [])
-        if title.startswith(f"ray::{class_name}") and process.info["create_time"] >= since:
+    for process in candidates:
+        try:
+            title, created = " ".join(process.cmdline()), process.create_time()
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if title.startswith(f"ray::{class_name}") and created >= since:
             found.append(process)
     return found
 

@@ -24,14 +24,15 @@ SEED = 7
 STEPS = 5
 
 
-def victims(kind: str, after: float) -> list[psutil.Process]:
+def victims(kind: str, after: float, driver_pid: int) -> list[psutil.Process]:
+    """The processes of ``kind`` in the Ray cluster of the driver ``driver_pid`` (never another job's)."""
     if kind == "rollout actor":
-        return actor_processes("RolloutWorker", after)
+        return actor_processes("RolloutWorker", after, driver_pid)
     if kind == "evaluator actor":
-        return actor_processes("SelfEvaluator", after)
+        return actor_processes("SelfEvaluator", after, driver_pid)
     if kind == "reward stage":
-        return actor_processes("RewardStage", after)
-    return [c for actor in actor_processes("RolloutWorker", after) for c in actor.children() if c.name() == "java"]  # env JVMs
+        return actor_processes("RewardStage", after, driver_pid)
+    return [c for actor in actor_processes("RolloutWorker", after, driver_pid) for c in actor.children() if c.name() == "java"]  # env JVMs
 
 
 def steps_done(run_dir: Path) -> int:
@@ -61,7 +62,7 @@ def test_a_run_survives_killed_actors_and_envs_and_accounts_for_every_episode(ti
                 assert driver.poll() is None and time.monotonic() < deadline, "the run ended before the chaos did"
                 time.sleep(0.2)
             time.sleep(delay)
-            candidates = victims(kind, started)
+            candidates = victims(kind, started, driver.pid)
             assert candidates, f"no {kind} process to kill"
             victim = rng.choice(sorted(candidates, key=lambda p: p.pid))
             os.kill(victim.pid, signal.SIGKILL)

@@ -80,7 +80,7 @@ def test_evaluate_entry_point_plays_the_adapter_even_after_an_actor_restart(tiny
         while not (played.exists() and len(played.read_text().splitlines()) >= 2):
             assert driver.poll() is None and time.monotonic() < deadline, "the evaluation ended before the kill"
             time.sleep(0.05)
-        (victim,) = actor_processes("RolloutWorker", started)
+        (victim,) = actor_processes("RolloutWorker", started, driver_pid=driver.pid)
         os.kill(victim.pid, signal.SIGKILL)
         output, _ = driver.communicate(timeout=600)
     finally:

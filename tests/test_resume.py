@@ -74,7 +74,7 @@ def actor_pid(class_name: str):
     """``victim`` for ``start_and_kill``: the process of this driver's one actor of ``class_name``."""
 
     def pid(driver_pid: int) -> int:
-        (process,) = actor_processes(class_name, since=psutil.Process(driver_pid).create_time())
+        (process,) = actor_processes(class_name, since=psutil.Process(driver_pid).create_time(), driver_pid=driver_pid)
         return process.pid
 
     return pid
