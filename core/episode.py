@@ -176,7 +176,7 @@ def outcome_figures(episodes: list[Episode]) -> dict[str, float | int]:
         "mean_steps": sum(len(e.steps) for e in finished) / n,
         "invalid_rate": sum(e.num_invalid for e in finished) / turns,
         "matched_rate": sum(e.num_matched for e in finished) / turns,  # replies mapped to an admissible command
-        "unrecognised_rate": sum(not s.recognised for e in finished for s in e.steps) / turns,  # parsed, but the env did not understand
+        "unrecognised_rate": sum(e.num_unrecognised for e in finished) / turns,  # parsed, but the env did not understand
         "invalid_by_reason": invalid_by_reason(finished),
     }
 

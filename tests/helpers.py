@@ -35,16 +35,14 @@ def final(attempts: list) -> list:
     return [e for e in attempts if not e.retried]
 
 
-def actor_processes(class_name: str, since: float, driver_pid: int | None = None) -> list:
-    """Live processes of Ray actors of ``class_name`` started after ``since`` (Ray titles an actor's
-    process ``ray::<Class>`` or ``ray::<Class>.<method>``). With ``driver_pid``, only those of the Ray
-    cluster that driver started (its raylet's workers descend from it): another job on the same machine
-    has actors of the same classes."""
+def actor_processes(class_name: str, since: float, driver_pid: int) -> list:
+    """Live processes of Ray actors of ``class_name`` started after ``since`` in the Ray cluster that the
+    driver ``driver_pid`` started (its raylet's workers descend from it; another job on the same machine
+    has actors of the same classes). Ray titles an actor's process ``ray::<Class>`` or ``ray::<Class>.<method>``."""
     import psutil
 
-    candidates = psutil.Process(driver_pid).children(recursive=True) if driver_pid is not None else psutil.process_iter()
     found = []
-    for process in candidates:
+    for process in psutil.Process(driver_pid).children(recursive=True):
         try:
             title, created = " ".join(process.cmdline()), process.create_time()
         except psutil.Error:  # gone meanwhile, or not ours to read
