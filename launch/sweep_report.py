@@ -2,8 +2,9 @@
 
     python -m launch.sweep_report runs/ablation_corridor            # writes results.md and curves.png there
 
-Runs are grouped by ``reward.mode``, and a judging mode run with ``reward.evaluator=base`` (a frozen
-judge) is a row of its own (the other overrides of a sweep, such as the seed, are repeats).
+Runs are grouped by ``reward.mode``; a judging mode run with ``reward.evaluator=base`` (a frozen judge)
+or with a ``reward.dense_weight`` other than its preset's (``conf/reward/<mode>.yaml``) is a row of its
+own (the other overrides of a sweep, such as the seed, are repeats).
 Per mode: held-out success before and after training (mean and std over seeds, and each seed's), its
 difference to the ``env`` run of the same seed (the modes share their random numbers seed by seed, so
 this pairing is the comparison with the least noise), the training success at the end, and the env
@@ -27,6 +28,7 @@ from conf.schema import REWARD_MODES
 from pipeline.report import step_quality_signals
 
 SMOOTH = 3  # learner steps in the moving average of the training success
+PRESETS = Path(__file__).resolve().parents[1] / "conf" / "reward"  # each reward mode's defaults
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -44,13 +46,29 @@ def load_runs(root: Path) -> list[dict]:
 
 
 def setting(config) -> str:
-    """The row a run belongs to: its reward mode, and the frozen judge where a mode judges with one."""
+    """The row a run belongs to: its reward mode, the frozen judge where a mode judges with one, and its
+    dense weight where it is not the mode's preset."""
     mode = config.reward.mode
-    return f"{mode}, evaluator=base" if mode != "env" and config.reward.get("evaluator", "policy") == "base" else mode
+    if mode == "env":  # pays no dense reward: neither setting changes what it trains on
+        return mode
+    parts = [mode]
+    if config.reward.get("evaluator", "policy") == "base":
+        parts.append("evaluator=base")
+    weight = config.reward.get("dense_weight")
+    if weight is not None and weight != OmegaConf.load(PRESETS / f"{mode}.yaml").dense_weight:
+        parts.append(f"dense_weight={weight:g}")
+    return ", ".join(parts)
 
 
-MODES = (*REWARD_MODES, *(f"{mode}, evaluator=base" for mode in REWARD_MODES if mode != "env"))  # the rows, in order
-COLORS = ("tab:gray", "tab:orange", "tab:green", "tab:blue", "tab:brown", "tab:olive", "tab:purple")
+MODES = (*REWARD_MODES, *(f"{mode}, evaluator=base" for mode in REWARD_MODES if mode != "env"))  # the usual rows, in order
+COLORS = ("tab:gray", "tab:orange", "tab:green", "tab:blue", "tab:brown", "tab:olive", "tab:purple")  # one per usual row
+OTHER_COLORS = ("tab:red", "tab:pink", "tab:cyan", "black")
+
+
+def rows(runs: list[dict]) -> list[str]:
+    """The settings present in ``runs``: the usual rows in their order, then any others by name."""
+    present = {run["mode"] for run in runs}
+    return [m for m in MODES if m in present] + sorted(present - set(MODES))
 
 
 def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -124,10 +142,8 @@ def table(runs: list[dict]) -> str:
         "| degraded | pool tokens / episode | wall s |",
         "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for mode in MODES:
-        group = sorted(by_mode.get(mode, []), key=lambda r: r["seed"])
-        if not group:
-            continue
+    for mode in rows(runs):
+        group = sorted(by_mode[mode], key=lambda r: r["seed"])
         reach = [steps_to_reach(r, target) if target is not None else None for r in group]
         lines.append(
             "| " + " | ".join([
@@ -162,10 +178,9 @@ def plot(runs: list[dict], out: Path, title: str) -> None:
     by_mode: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_mode[run["mode"]].append(run)
-    for mode, color in zip(MODES, COLORS, strict=True):
-        group = by_mode.get(mode)
-        if not group:
-            continue
+    others = iter(OTHER_COLORS * len(runs))
+    for mode in rows(runs):
+        group, color = by_mode[mode], COLORS[MODES.index(mode)] if mode in MODES else next(others)
         length = min(len(r["metrics"]) for r in group)
         steps = np.mean([curve(r)[0][:length] for r in group], axis=0)
         values = np.array([curve(r)[1][:length] for r in group])

@@ -17,9 +17,12 @@ def table(sweep_dir: Path) -> str:
     return (sweep_dir / "results.md").read_text()
 
 
-def write_run(path, mode: str, evaluator: str, seed: int, success: list[float], after: float) -> None:
+def write_run(path, mode: str, evaluator: str, seed: int, success: list[float], after: float, dense_weight: float | None = None) -> None:
     path.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": seed, "reward": {"mode": mode, "evaluator": evaluator}}), path / "config.yaml")
+    reward = {"mode": mode, "evaluator": evaluator}
+    if dense_weight is not None:
+        reward["dense_weight"] = dense_weight
+    OmegaConf.save(OmegaConf.create({"seed": seed, "reward": reward}), path / "config.yaml")
     (path / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "env_steps": 40, "success_rate": s}) + "\n" for i, s in enumerate(success)))
     summary = {"wall_s": 100.0, "evaluation": {"before": {"success_rate": 0.5}, "after": {"success_rate": after}}}
     (path / "summary.json").write_text(json.dumps(summary))
@@ -60,3 +63,17 @@ def test_held_out_success_is_given_per_seed_and_paired_with_env_by_seed(tmp_path
     assert "| 0.500 / 0.750 / 0.250 |" in rows["env"] and "| 0.625 / 0.750 / 0.500 |" in rows["mise"], rows
     assert "| +0.125 / +0.000 / +0.250 |" in rows["mise"], rows["mise"]
     assert "| no env run of the same seed |" in rows["prm"], rows["prm"]
+
+
+def test_a_dense_weight_other_than_the_modes_preset_is_its_own_row(tmp_path):
+    """A dense_weight sweep (reward.dense_weight=1,4,16) is a sweep of settings, not repeats of one."""
+    write_run(tmp_path / "env", "env", "policy", 0, [0.25, 0.5], after=0.5)
+    write_run(tmp_path / "w1", "mise", "policy", 0, [0.25, 0.5], after=0.5, dense_weight=1.0)  # conf/reward/mise.yaml's own
+    write_run(tmp_path / "w4", "mise", "policy", 0, [0.25, 0.75], after=0.625, dense_weight=4.0)
+    write_run(tmp_path / "w16", "mise", "base", 0, [0.25, 0.75], after=0.75, dense_weight=16.0)
+    write_run(tmp_path / "prm", "prm", "policy", 0, [0.25, 0.75], after=0.75, dense_weight=0.1)  # conf/reward/prm.yaml's own
+    text = table(tmp_path)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert {"mise", "mise, dense_weight=4", "mise, evaluator=base, dense_weight=16", "prm"} <= set(rows), text
+    assert "| mise | 1 |" in rows["mise"] and "| +0.125 |" in rows["mise, dense_weight=4"], text
+    assert (tmp_path / "curves.png").stat().st_size > 0  # one curve per row, however many rows
