@@ -21,7 +21,7 @@ from actors.coordinator import RolloutCoordinator
 from actors.pool import close_actors, make_rollout_actors, wait_until_ready
 from actors.rollout import ThroughputStats
 from conf.schema import register
-from core.episode import Episode
+from core.episode import Episode, outcome_figures, reply_figures
 from core.ledger import EpisodeLedger
 from envs.specs import episode_specs, prepare_env_assets
 from launch.run_dir import begin_run
@@ -65,17 +65,10 @@ def summarize(episodes: list[Episode], ledger: EpisodeLedger, reports: list[dict
     stats = ThroughputStats()
     for report in reports:
         stats = stats.add(report["stats"])
-    finished = [e for e in episodes if e.status == "finished"]
-    steps = sum(len(e.steps) for e in episodes)
+    figures = outcome_figures(episodes)
     return {
-        "episodes": len(episodes),
-        "finished": len(finished),
-        "failed": len(episodes) - len(finished),
-        "success_rate": sum(e.success for e in finished) / max(len(finished), 1),
-        "mean_score": sum(e.score for e in finished) / max(len(finished), 1),
-        "mean_steps": steps / max(len(episodes), 1),
-        "invalid_reply_rate": sum(e.num_invalid for e in episodes) / max(steps, 1),
-        "unrecognised_action_rate": sum(e.num_unrecognised for e in episodes) / max(steps, 1),
+        **figures,
+        "finished": figures["episodes"] - figures["failed"],
         "wall_s": wall_s,
         "generated_tokens": stats.generated_tokens,
         "tokens_per_s": stats.generated_tokens / wall_s,
@@ -110,8 +103,8 @@ def main(dict_cfg: DictConfig) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"\nepisodes {summary['episodes']} (finished {summary['finished']}, failed {summary['failed']})  "
-        f"success {summary['success_rate']:.3f}  mean score {summary['mean_score']:.3f}  "
-        f"invalid replies {summary['invalid_reply_rate']:.1%}\n"
+        f"success {summary['success_rate']:.3f}  mean score {summary['mean_score']:.3f}\n"
+        f"{reply_figures(summary)}\n"
         f"generation {summary['tokens_per_s']:.1f} tokens/s  env {summary['env_steps_per_s']:.2f} steps/s  "
         f"mean batch {summary['mean_batch_size']:.1f}  wall {wall_s:.1f} s\n"
         f"ledger {ledger}\nrun dir {run_dir}"

@@ -34,6 +34,9 @@ def test_rollout_entry_point_writes_episodes_and_balances_the_ledger(tiny_model_
     assert 0 <= summary["success_rate"] <= 1 and summary["env_steps"] == sum(len(json.loads(l)["steps"]) for l in lines)
     assert summary["mean_batch_size"] > 1  # envs were batched into shared generation calls
     assert "success" in result.stdout and "tokens/s" in result.stdout
+    # the same reply figures as an evaluation's: invalid replies by reason, matched, not understood
+    assert sum(summary["invalid_by_reason"].values()) == round(summary["invalid_rate"] * summary["env_steps"])
+    assert "replies: invalid" in result.stdout
     assert (run_dir / "config.yaml").exists()
 
 
