@@ -17,6 +17,7 @@ spread (min to max over seeds) per mode.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -65,10 +66,12 @@ COLORS = ("tab:gray", "tab:orange", "tab:green", "tab:blue", "tab:brown", "tab:o
 OTHER_COLORS = ("tab:red", "tab:pink", "tab:cyan", "black")
 
 
-def rows(runs: list[dict]) -> list[str]:
-    """The settings present in ``runs``: the usual rows in their order, then any others by name."""
-    present = {run["mode"] for run in runs}
-    return [m for m in MODES if m in present] + sorted(present - set(MODES))
+def by_setting(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs of each setting (each group by seed), in row order: the usual rows, then any others by name."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        groups[run["mode"]].append(run)
+    return {mode: groups[mode] for mode in [m for m in MODES if m in groups] + sorted(set(groups) - set(MODES))}
 
 
 def curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -126,10 +129,8 @@ def signals(group: list[dict]) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    by_mode: dict[str, list[dict]] = defaultdict(list)
-    for run in runs:
-        by_mode[run["mode"]].append(run)
-    baseline = by_mode.get("env", [])
+    groups = by_setting(runs)
+    baseline = groups.get("env", [])
     target = float(np.mean([curve(r)[1][-1] for r in baseline])) if baseline else None
     lines = [
         f"Target for 'env steps to reach': the env-only runs' final training success "
@@ -142,8 +143,7 @@ def table(runs: list[dict]) -> str:
         "| degraded | pool tokens / episode | wall s |",
         "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
-    for mode in rows(runs):
-        group = sorted(by_mode[mode], key=lambda r: r["seed"])
+    for mode, group in groups.items():
         reach = [steps_to_reach(r, target) if target is not None else None for r in group]
         lines.append(
             "| " + " | ".join([
@@ -175,12 +175,9 @@ def plot(runs: list[dict], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    by_mode: dict[str, list[dict]] = defaultdict(list)
-    for run in runs:
-        by_mode[run["mode"]].append(run)
-    others = iter(OTHER_COLORS * len(runs))
-    for mode in rows(runs):
-        group, color = by_mode[mode], COLORS[MODES.index(mode)] if mode in MODES else next(others)
+    others = itertools.cycle(OTHER_COLORS)
+    for mode, group in by_setting(runs).items():
+        color = COLORS[MODES.index(mode)] if mode in MODES else next(others)
         length = min(len(r["metrics"]) for r in group)
         steps = np.mean([curve(r)[0][:length] for r in group], axis=0)
         values = np.array([curve(r)[1][:length] for r in group])
