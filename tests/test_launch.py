@@ -35,7 +35,9 @@ def test_rollout_entry_point_writes_episodes_and_balances_the_ledger(tiny_model_
     assert summary["mean_batch_size"] > 1  # envs were batched into shared generation calls
     assert "success" in result.stdout and "tokens/s" in result.stdout
     # the same reply figures as an evaluation's: invalid replies by reason, matched, not understood
-    assert sum(summary["invalid_by_reason"].values()) == round(summary["invalid_rate"] * summary["env_steps"])
+    finished_steps = [s for record in map(json.loads, lines) if record["status"] == "finished" for s in record["steps"]]
+    assert sum(summary["invalid_by_reason"].values()) == sum(s["invalid_reason"] is not None for s in finished_steps)
+    assert summary["invalid_rate"] == sum(s["invalid_reason"] is not None for s in finished_steps) / len(finished_steps)
     assert "replies: invalid" in result.stdout
     assert (run_dir / "config.yaml").exists()
 
