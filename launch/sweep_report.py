@@ -2,9 +2,10 @@
 
     python -m launch.sweep_report runs/ablation_corridor            # writes results.md and curves.png there
 
-Runs are grouped by ``reward.mode``; a judging mode run with ``reward.evaluator=base`` (a frozen judge)
-or with a ``reward.dense_weight`` other than its preset's (``conf/reward/<mode>.yaml``) is a row of its
-own (the other overrides of a sweep, such as the seed, are repeats).
+Runs are grouped by ``reward.mode``; a judging mode run with ``reward.evaluator=base`` (a frozen judge),
+or with a dense weight, calibration weight or reward term (``SETTING_KEYS``) other than its preset's
+(``conf/reward/<mode>.yaml``), is a row of its own (the other overrides of a sweep, such as the seed,
+are repeats).
 Per mode: held-out success before and after training (mean and std over seeds, and each seed's), its
 difference to the ``env`` run of the same seed (the modes share their random numbers seed by seed, so
 this pairing is the comparison with the least noise), the training success at the end, and the env
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from conf.schema import REWARD_MODES
+from conf.schema import REWARD_MODES, RewardConfig
 from pipeline.report import step_quality_signals
 
 SMOOTH = 3  # learner steps in the moving average of the training success
@@ -46,18 +47,23 @@ def load_runs(root: Path) -> list[dict]:
     return runs
 
 
+SETTING_KEYS = ("dense_weight", "calibration_weight", "use_self_eval", "use_mi")  # reward keys that make a row of their own
+
+
 def setting(config) -> str:
-    """The row a run belongs to: its reward mode, the frozen judge where a mode judges with one, and its
-    dense weight where it is not the mode's preset."""
+    """The row a run belongs to: its reward mode, the frozen judge where a mode judges with one, and each
+    of ``SETTING_KEYS`` whose value is not the mode's preset."""
     mode = config.reward.mode
-    if mode == "env":  # pays no dense reward: neither setting changes what it trains on
+    if mode == "env":  # pays no dense reward: no other setting changes what it trains on
         return mode
     parts = [mode]
     if config.reward.get("evaluator", "policy") == "base":
         parts.append("evaluator=base")
-    weight = config.reward.get("dense_weight")
-    if weight is not None and weight != OmegaConf.load(PRESETS / f"{mode}.yaml").dense_weight:
-        parts.append(f"dense_weight={weight:g}")
+    preset = OmegaConf.merge(OmegaConf.structured(RewardConfig), OmegaConf.load(PRESETS / f"{mode}.yaml"))
+    for key in SETTING_KEYS:
+        value = config.reward.get(key)
+        if value is not None and value != preset.get(key):
+            parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}")
     return ", ".join(parts)
 
 

@@ -17,11 +17,9 @@ def table(sweep_dir: Path) -> str:
     return (sweep_dir / "results.md").read_text()
 
 
-def write_run(path, mode: str, evaluator: str, seed: int, success: list[float], after: float, dense_weight: float | None = None) -> None:
+def write_run(path, mode: str, evaluator: str, seed: int, success: list[float], after: float, **reward_keys) -> None:
     path.mkdir(parents=True)
-    reward = {"mode": mode, "evaluator": evaluator}
-    if dense_weight is not None:
-        reward["dense_weight"] = dense_weight
+    reward = {"mode": mode, "evaluator": evaluator, **reward_keys}
     OmegaConf.save(OmegaConf.create({"seed": seed, "reward": reward}), path / "config.yaml")
     (path / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "env_steps": 40, "success_rate": s}) + "\n" for i, s in enumerate(success)))
     summary = {"wall_s": 100.0, "evaluation": {"before": {"success_rate": 0.5}, "after": {"success_rate": after}}}
@@ -77,3 +75,16 @@ def test_a_dense_weight_other_than_the_modes_preset_is_its_own_row(tmp_path):
     assert {"mise", "mise, dense_weight=4", "mise, evaluator=base, dense_weight=16", "prm"} <= set(rows), text
     assert "| mise | 1 |" in rows["mise"] and "| +0.125 |" in rows["mise, dense_weight=4"], text
     assert (tmp_path / "curves.png").stat().st_size > 0  # one curve per row, however many rows
+
+
+def test_a_reward_term_switched_off_is_its_own_row(tmp_path):
+    """mise without the evaluator's training (calibration_weight=0) or without its MI term is another
+    setting; a key the whole sweep shares but no preset names as a setting (calibration_min_episodes) is not."""
+    write_run(tmp_path / "env", "env", "policy", 0, [0.25, 0.5], after=0.5, calibration_min_episodes=8)
+    write_run(tmp_path / "mise", "mise", "policy", 0, [0.25, 0.5], after=0.5, calibration_weight=1.0, calibration_min_episodes=8)
+    write_run(tmp_path / "cw0", "mise", "policy", 0, [0.25, 0.75], after=0.625, calibration_weight=0.0, calibration_min_episodes=8)
+    write_run(tmp_path / "nomi", "mise", "policy", 0, [0.25, 0.75], after=0.75, use_mi=False, calibration_min_episodes=8)
+    text = table(tmp_path)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert {"env", "mise", "mise, calibration_weight=0", "mise, use_mi=false"} <= set(rows), text
+    assert "| +0.125 |" in rows["mise, calibration_weight=0"] and "| +0.250 |" in rows["mise, use_mi=false"], text
