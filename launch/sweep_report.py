@@ -2,9 +2,9 @@
 
     python -m launch.sweep_report runs/ablation_corridor            # writes results.md and curves.png there
 
-Runs are grouped by ``reward.mode``; a judging mode run with ``reward.evaluator=base`` (a frozen judge),
-or with a dense weight, calibration weight or reward term (``SETTING_KEYS``) other than its preset's
-(``conf/reward/<mode>.yaml``), is a row of its own (the other overrides of a sweep, such as the seed,
+Runs are grouped by ``reward.mode``; a judging mode run whose evaluator (``base``: a frozen judge),
+dense weight, calibration weight or reward terms (``SETTING_KEYS``) are not its preset's
+(``conf/reward/<mode>.yaml``) is a row of its own (the other overrides of a sweep, such as the seed,
 are repeats).
 Per mode: held-out success before and after training (mean and std over seeds, and each seed's), its
 difference to the ``env`` run of the same seed (the modes share their random numbers seed by seed, so
@@ -18,6 +18,7 @@ spread (min to max over seeds) per mode.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 from collections import defaultdict
@@ -47,23 +48,26 @@ def load_runs(root: Path) -> list[dict]:
     return runs
 
 
-SETTING_KEYS = ("dense_weight", "calibration_weight", "use_self_eval", "use_mi")  # reward keys that make a row of their own
+SETTING_KEYS = ("evaluator", "dense_weight", "calibration_weight", "use_self_eval", "use_mi")  # reward keys that make a row of their own
+
+
+@functools.cache
+def preset(mode: str):
+    """Reward mode ``mode``'s settings: its ``conf/reward/<mode>.yaml`` over the schema's defaults."""
+    return OmegaConf.merge(OmegaConf.structured(RewardConfig), OmegaConf.load(PRESETS / f"{mode}.yaml"))
 
 
 def setting(config) -> str:
-    """The row a run belongs to: its reward mode, the frozen judge where a mode judges with one, and each
-    of ``SETTING_KEYS`` whose value is not the mode's preset."""
+    """The row a run belongs to: its reward mode and each of ``SETTING_KEYS`` whose value is not the
+    mode's preset (``evaluator=base`` for a frozen judge)."""
     mode = config.reward.mode
     if mode == "env":  # pays no dense reward: no other setting changes what it trains on
         return mode
     parts = [mode]
-    if config.reward.get("evaluator", "policy") == "base":
-        parts.append("evaluator=base")
-    preset = OmegaConf.merge(OmegaConf.structured(RewardConfig), OmegaConf.load(PRESETS / f"{mode}.yaml"))
     for key in SETTING_KEYS:
         value = config.reward.get(key)
-        if value is not None and value != preset.get(key):
-            parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else f'{value:g}'}")
+        if value is not None and value != preset(mode).get(key):
+            parts.append(f"{key}={str(value).lower() if isinstance(value, bool | str) else f'{value:g}'}")
     return ", ".join(parts)
 
 
